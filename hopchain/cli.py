@@ -1,0 +1,4 @@
+"""Command line entry point: ``hopchain <subcommand>``."""
+
+
+def main() -> None: ...

@@ -1,0 +1,1 @@
+"""Cryptography: keys, KDF, handshakes and onion layers (libsodium via PyNaCl)."""

@@ -1,0 +1,197 @@
+"""End-to-end flow control and stream bookkeeping for one circuit end.
+
+Both ends of a circuit (the client and the exit) keep, per stream and for the
+circuit as a whole, a *send window* and a *receive window*, counted in bytes
+of DATA:
+
+* The sender may have at most ``window`` bytes sent and not yet credited.
+* The receiver credits bytes with SENDME only after the application has
+  consumed them (written them to its socket), in steps of a quarter window,
+  so a slow reader stops the sender instead of filling relay queues.
+* Credit is authenticated by construction: a SENDME for more than was sent
+  and not yet credited, or DATA beyond the window, is a protocol violation
+  that closes the circuit.
+
+Because every relay on the path forwards a circuit's cells in order, no relay
+ever holds more than one circuit window of that circuit's data in one
+direction; relays enforce that bound (see ``relaycircuit``).
+
+Streams close in two halves: END(DONE) means "no more data from me".  A
+stream is forgotten when both halves are closed; any other END reason aborts
+it at once.
+"""
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from hopchain.errors import FlowControlError, MessageError
+from hopchain.messages import EndReason, Sendme
+
+CIRCUIT_WINDOW: Final = 4 * 1024 * 1024
+STREAM_WINDOW: Final = 2 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class SendWindow:
+    """How many more bytes this end may send."""
+
+    size: int
+    unacked: int = 0
+
+    @property
+    def available(self) -> int:
+        """Bytes that may be sent now."""
+        return self.size - self.unacked
+
+    def spend(self, n: int) -> None:
+        """Record ``n`` sent bytes; the caller checked ``available``."""
+        if n > self.available:
+            raise ValueError(f"sending {n} bytes with {self.available} available")
+        self.unacked += n
+
+    def credit(self, n: int) -> None:
+        """Apply a SENDME.
+
+        Raises:
+            FlowControlError: credit for bytes never sent.
+        """
+        if not 0 < n <= self.unacked:
+            raise FlowControlError(f"sendme credits {n} bytes, {self.unacked} unacked")
+        self.unacked -= n
+
+
+@dataclass(slots=True)
+class ReceiveWindow:
+    """Bytes the peer has sent and this end has not yet credited."""
+
+    size: int
+    outstanding: int = 0
+    consumed: int = 0
+
+    def receive(self, n: int) -> None:
+        """Account received DATA.
+
+        Raises:
+            FlowControlError: the peer sent past the window.
+        """
+        self.outstanding += n
+        if self.outstanding > self.size:
+            raise FlowControlError(
+                f"data past the window: {self.outstanding} > {self.size}"
+            )
+
+    def consume(self, n: int) -> int:
+        """The app consumed ``n`` bytes; returns credit to send now (or 0)."""
+        self.consumed += n
+        if self.consumed < self.size // 4:
+            return 0
+        credit, self.consumed = self.consumed, 0
+        self.outstanding -= credit
+        return credit
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Windows and half-close flags of one stream."""
+
+    send: SendWindow = field(default_factory=lambda: SendWindow(STREAM_WINDOW))
+    receive: ReceiveWindow = field(default_factory=lambda: ReceiveWindow(STREAM_WINDOW))
+    local_done: bool = False
+    remote_done: bool = False
+
+
+class StreamTable:
+    """All streams of one circuit end, with the circuit-level windows."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, StreamState] = {}
+        self.send = SendWindow(CIRCUIT_WINDOW)
+        self.receive = ReceiveWindow(CIRCUIT_WINDOW)
+
+    def add(self, stream_id: int) -> None:
+        """Start tracking a new stream.
+
+        Raises:
+            MessageError: the id is already in use.
+        """
+        if stream_id in self.streams:
+            raise MessageError(f"stream {stream_id} already open")
+        self.streams[stream_id] = StreamState()
+
+    def get(self, stream_id: int) -> StreamState | None:
+        """The stream's state, or None when it is unknown or closed."""
+        return self.streams.get(stream_id)
+
+    def sendable(self, stream_id: int) -> int:
+        """Bytes the stream may send now (stream and circuit windows)."""
+        state = self.streams.get(stream_id)
+        if state is None or state.local_done:
+            return 0
+        return min(state.send.available, self.send.available)
+
+    def spend(self, stream_id: int, n: int) -> None:
+        """Record ``n`` bytes sent on the stream."""
+        self.streams[stream_id].send.spend(n)
+        self.send.spend(n)
+
+    def on_data(self, stream_id: int, n: int) -> bool:
+        """Account incoming DATA; False when the stream is unknown (dropped).
+
+        Data for a stream this end already closed still counts against the
+        circuit window and is credited at once, so the peer's window refills.
+
+        Raises:
+            FlowControlError: data past a window, or after the peer's END.
+        """
+        self.receive.receive(n)
+        state = self.streams.get(stream_id)
+        if state is None:
+            return False
+        if state.remote_done:
+            raise FlowControlError("data after end")
+        state.receive.receive(n)
+        return True
+
+    def on_consumed(self, stream_id: int, n: int) -> list[Sendme]:
+        """The app consumed ``n`` bytes of the stream; SENDMEs to send."""
+        out = []
+        state = self.streams.get(stream_id)
+        if state is not None:
+            credit = state.receive.consume(n)
+            if credit:
+                out.append(Sendme(stream_id, credit))
+        credit = self.receive.consume(n)
+        if credit:
+            out.append(Sendme(0, credit))
+        return out
+
+    def on_sendme(self, message: Sendme) -> None:
+        """Apply credit from the peer.
+
+        Raises:
+            FlowControlError: credit for bytes never sent.
+        """
+        if message.stream_id == 0:
+            self.send.credit(message.credit)
+            return
+        state = self.streams.get(message.stream_id)
+        if state is not None:
+            state.send.credit(message.credit)
+
+    def local_end(self, stream_id: int, reason: EndReason) -> None:
+        """This end sends END(reason) for the stream."""
+        state = self.streams.get(stream_id)
+        if state is None:
+            return
+        state.local_done = True
+        if reason != EndReason.DONE or state.remote_done:
+            del self.streams[stream_id]
+
+    def remote_end(self, stream_id: int, reason: EndReason) -> None:
+        """The peer sent END(reason) for the stream."""
+        state = self.streams.get(stream_id)
+        if state is None:
+            return
+        state.remote_done = True
+        if reason != EndReason.DONE or state.local_done:
+            del self.streams[stream_id]

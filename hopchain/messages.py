@@ -1,0 +1,277 @@
+"""Relay messages: what travels inside the onion layers.
+
+The plaintext payload area of a relay cell is::
+
+    command (u8) | stream_id (u16 BE) | length (u16 BE) | body | zero padding
+
+Two size classes exist (``SMALL`` and ``LARGE``); the sender picks the
+smallest that fits, and pads with zeros, which the layers then encrypt (the
+padding is not checked on receipt: the layer already authenticates it).
+DATA, END, SENDME, EXTENDED and TRUNCATED bodies have a fixed struct layout
+(the hot path never touches msgpack); BEGIN, CONNECTED and EXTEND carry a
+msgpack array that is validated field by field on decode.
+
+Stream id 0 means the circuit itself (SENDME for the circuit window, EXTEND,
+EXTENDED, TRUNCATED, DROP); stream messages use ids 1..65535.
+"""
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from hopchain.crypto.onion import STACK_BYTES
+from hopchain.errors import MessageError
+
+SMALL_BODY: Final = 1024
+LARGE_BODY: Final = 32768
+SMALL_PAYLOAD: Final = SMALL_BODY - STACK_BYTES
+LARGE_PAYLOAD: Final = LARGE_BODY - STACK_BYTES
+BODY_SIZES: Final = frozenset({SMALL_BODY, LARGE_BODY})
+HEADER: Final = struct.Struct(">BHH")
+MAX_DATA: Final = LARGE_PAYLOAD - HEADER.size
+MAX_HOSTNAME: Final = 255
+_U32: Final = struct.Struct(">I")
+
+
+class RelayCommand(enum.IntEnum):
+    """Relay message commands."""
+
+    DATA = 1
+    BEGIN = 2
+    CONNECTED = 3
+    END = 4
+    SENDME = 5
+    EXTEND = 6
+    EXTENDED = 7
+    TRUNCATED = 8
+    DROP = 9
+
+
+class EndReason(enum.IntEnum):
+    """Why a stream or circuit ended; mapped to SOCKS replies by the client."""
+
+    DONE = 0
+    MISC = 1
+    RESOLVE_FAILED = 2
+    CONNECT_REFUSED = 3
+    EXIT_POLICY = 4
+    TIMEOUT = 5
+    HOST_UNREACHABLE = 6
+    NET_UNREACHABLE = 7
+    DESTROYED = 8
+    PROTOCOL = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """Stream bytes."""
+
+    stream_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """Open a stream to host:port; the exit resolves host."""
+
+    stream_id: int
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The exit connected; ``address`` is the target address it reached."""
+
+    stream_id: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The stream is closed (or was refused) for ``reason``."""
+
+    stream_id: int
+    reason: EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class Sendme:
+    """Flow-control credit: ``credit`` bytes were consumed (stream 0: circuit)."""
+
+    stream_id: int
+    credit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    """Ask the last hop to extend the circuit to another relay."""
+
+    identity: bytes
+    onion_key: bytes
+    host: str
+    port: int
+    handshake: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Extended:
+    """The new hop's CREATED handshake reply, relayed by the old last hop."""
+
+    handshake: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Truncated:
+    """The circuit ends at the sending hop (its next hop went away)."""
+
+    reason: EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Padding; ignored by the receiver."""
+
+
+RelayMessage = (
+    Data | Begin | Connected | End | Sendme | Extend | Extended | Truncated | Drop
+)
+
+
+def _frame(command: RelayCommand, stream_id: int, body: bytes) -> bytes:
+    size = SMALL_PAYLOAD if HEADER.size + len(body) <= SMALL_PAYLOAD else LARGE_PAYLOAD
+    if HEADER.size + len(body) > size:
+        raise ValueError(f"relay message body too long: {len(body)} bytes")
+    head = HEADER.pack(command, stream_id, len(body))
+    return head + body + bytes(size - HEADER.size - len(body))
+
+
+def encode_data(stream_id: int, data: bytes) -> bytes:
+    """The payload area of a DATA message (hot path)."""
+    return _frame(RelayCommand.DATA, stream_id, data)
+
+
+def encode(message: RelayMessage) -> bytes:
+    """The padded payload area carrying ``message``."""
+    match message:
+        case Data(stream_id=sid, data=data):
+            return _frame(RelayCommand.DATA, sid, data)
+        case Begin(stream_id=sid, host=host, port=port):
+            return _frame(RelayCommand.BEGIN, sid, msgpack.packb([host, port]))
+        case Connected(stream_id=sid, address=address):
+            return _frame(RelayCommand.CONNECTED, sid, msgpack.packb([address]))
+        case End(stream_id=sid, reason=reason):
+            return _frame(RelayCommand.END, sid, bytes([reason]))
+        case Sendme(stream_id=sid, credit=credit):
+            return _frame(RelayCommand.SENDME, sid, _U32.pack(credit))
+        case Extend(identity=i, onion_key=b, host=host, port=port, handshake=hs):
+            return _frame(RelayCommand.EXTEND, 0, msgpack.packb([i, b, host, port, hs]))
+        case Extended(handshake=hs):
+            return _frame(RelayCommand.EXTENDED, 0, hs)
+        case Truncated(reason=reason):
+            return _frame(RelayCommand.TRUNCATED, 0, bytes([reason]))
+        case Drop():
+            return _frame(RelayCommand.DROP, 0, b"")
+
+
+def _unpack_array(body: bytes, length: int) -> list[Any]:
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except (
+        ValueError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
+        raise MessageError("malformed msgpack body") from exc
+    if not isinstance(value, list) or len(value) != length:
+        raise MessageError(f"expected an array of {length} items")
+    return value
+
+
+def _host(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_HOSTNAME:
+        raise MessageError("host must be a string of 1..255 characters")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in value):
+        raise MessageError("host contains control characters or spaces")
+    return value
+
+
+def _port(value: object, *, allow_zero: bool = False) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageError("port must be an integer")
+    if not (0 if allow_zero else 1) <= value <= 65535:
+        raise MessageError(f"port out of range: {value}")
+    return value
+
+
+def _key(value: object) -> bytes:
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise MessageError("key must be 32 bytes")
+    return value
+
+
+def _reason(body: bytes) -> EndReason:
+    if len(body) != 1:
+        raise MessageError("reason must be one byte")
+    try:
+        return EndReason(body[0])
+    except ValueError:
+        return EndReason.MISC
+
+
+def decode(payload: bytes) -> RelayMessage:
+    """Parse a decrypted payload area.
+
+    Raises:
+        MessageError: unknown command, bad length, or a
+            malformed body.
+    """
+    if len(payload) < HEADER.size:
+        raise MessageError("payload shorter than its header")
+    command, sid, length = HEADER.unpack_from(payload)
+    end = HEADER.size + length
+    if end > len(payload):
+        raise MessageError(f"length {length} overruns the payload")
+    body = payload[HEADER.size : end]
+    if command == RelayCommand.DATA:
+        if sid == 0:
+            raise MessageError("data on stream 0")
+        return Data(sid, body)
+    if command == RelayCommand.SENDME:
+        if length != _U32.size:
+            raise MessageError("sendme body must be 4 bytes")
+        return Sendme(sid, _U32.unpack(body)[0])
+    if command == RelayCommand.BEGIN:
+        host, port = _unpack_array(body, 2)
+        return Begin(_stream(sid), _host(host), _port(port))
+    if command == RelayCommand.CONNECTED:
+        (address,) = _unpack_array(body, 1)
+        if not isinstance(address, str) or len(address) > MAX_HOSTNAME:
+            raise MessageError("connected address must be a short string")
+        return Connected(_stream(sid), address)
+    if command == RelayCommand.END:
+        return End(_stream(sid), _reason(body))
+    if command == RelayCommand.EXTEND:
+        ident, onion, host, port, handshake = _unpack_array(body, 5)
+        if not isinstance(handshake, bytes) or len(handshake) != 96:
+            raise MessageError("extend handshake must be 96 bytes")
+        return Extend(_key(ident), _key(onion), _host(host), _port(port), handshake)
+    if command == RelayCommand.EXTENDED:
+        if length != 64:
+            raise MessageError("extended handshake must be 64 bytes")
+        return Extended(body)
+    if command == RelayCommand.TRUNCATED:
+        return Truncated(_reason(body))
+    if command == RelayCommand.DROP:
+        return Drop()
+    raise MessageError(f"unknown relay command {command}")
+
+
+def _stream(sid: int) -> int:
+    if sid == 0:
+        raise MessageError("stream message on stream 0")
+    return sid

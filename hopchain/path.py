@@ -1,0 +1,101 @@
+"""Path selection: a pure function of (consensus, constraints, rng).
+
+Each position is drawn with probability proportional to the relay's
+bandwidth among the relays eligible for it:
+
+* exit: Running, Exit flag, its policy accepts the target port;
+* guard: Running and Guard (falling back to Running when no relay has Guard);
+* middles: Running.
+
+No relay appears twice, no two relays share a declared family, and, unless
+``same_subnet_ok`` (test networks on loopback), no two relays share an IPv4
+/16 or IPv6 /32.  The exit is chosen first, as Tor does, because it is the
+scarcest position.  The rng is injected (``random.SystemRandom()`` in
+production, a seeded ``random.Random`` in tests and simulations).
+"""
+
+import ipaddress
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hopchain.directory import Consensus, Descriptor, RouterStatus
+from hopchain.errors import PathSelectionError
+
+
+@dataclass(frozen=True, slots=True)
+class PathConstraints:
+    """What the caller asks of a path."""
+
+    hops: int = 3
+    port: int = 80
+    same_subnet_ok: bool = False
+
+
+def _subnet(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    prefix = 16 if ip.version == 4 else 32
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def _conflicts(a: Descriptor, b: Descriptor, same_subnet_ok: bool) -> bool:
+    if a.identity == b.identity:
+        return True
+    if b.identity in a.family or a.identity in b.family:
+        return True
+    return not same_subnet_ok and _subnet(a.address) == _subnet(b.address)
+
+
+def _weighted(candidates: Sequence[RouterStatus], rng: random.Random) -> RouterStatus:
+    weights = [max(1, r.descriptor.bandwidth) for r in candidates]
+    return rng.choices(candidates, weights=weights, k=1)[0]
+
+
+def select_path(
+    consensus: Consensus, constraints: PathConstraints, rng: random.Random
+) -> list[Descriptor]:
+    """Choose guard, middle(s) and exit, in circuit order.
+
+    Raises:
+        PathSelectionError: no path satisfies the constraints; the message
+            says which position could not be filled.
+    """
+    if not 1 <= constraints.hops <= 8:
+        raise ValueError(f"hops must be 1..8, not {constraints.hops}")
+    running = [r for r in consensus.relays if "Running" in r.flags]
+    exits = [
+        r
+        for r in running
+        if "Exit" in r.flags and r.descriptor.allows_exit_to(constraints.port)
+    ]
+    if not exits:
+        raise PathSelectionError(
+            f"no running exit accepts port {constraints.port} "
+            f"({len(running)} running relays)"
+        )
+    chosen = [_weighted(exits, rng).descriptor]
+
+    def free(pool: list[RouterStatus]) -> list[RouterStatus]:
+        return [
+            r
+            for r in pool
+            if not any(
+                _conflicts(r.descriptor, c, constraints.same_subnet_ok) for c in chosen
+            )
+        ]
+
+    if constraints.hops > 1:
+        guards = [r for r in running if "Guard" in r.flags] or running
+        pool = free(guards)
+        if not pool:
+            raise PathSelectionError("no guard is compatible with the chosen exit")
+        guard = _weighted(pool, rng).descriptor
+        chosen.insert(0, guard)
+        for _ in range(constraints.hops - 2):
+            pool = free(running)
+            if not pool:
+                raise PathSelectionError(
+                    f"not enough compatible relays for {constraints.hops} hops"
+                )
+            chosen.insert(-1, _weighted(pool, rng).descriptor)
+    return chosen

@@ -1,0 +1,186 @@
+"""The relay side of one circuit: peel or add one layer, extend, exit streams.
+
+Theory of operation
+-------------------
+
+A relay holds one ``HopKeys`` per circuit.  A forward cell is peeled; if the
+circuit has been extended the result is forwarded to the next hop, otherwise
+this relay is the last hop and the message is for it.  Backward cells from
+the next hop get this relay's layer added; messages this relay originates
+(EXTENDED, TRUNCATED, and as an exit CONNECTED/DATA/END/SENDME) are sealed
+with ``originate``.
+
+Extension rules (checked here, before any network work):
+
+* EXTEND only in a RELAY_EARLY cell, and at most ``MAX_EARLY`` RELAY_EARLY
+  cells per circuit, which bounds the path to ``onion.MAX_HOPS`` hops;
+* at most one extension per circuit, and never while one is in progress;
+* never to this relay itself nor back to the previous hop.
+
+As an exit the circuit keeps a ``StreamTable`` with the same windows as the
+client, so a client that ignores flow control is caught here.
+"""
+
+import enum
+import hmac
+from dataclasses import dataclass
+from typing import Final
+
+from hopchain.crypto import onion
+from hopchain.crypto.onion import HopKeys
+from hopchain.errors import FlowControlError, MessageError
+from hopchain.flow import CIRCUIT_WINDOW, StreamTable
+from hopchain.messages import (
+    MAX_DATA,
+    Begin,
+    Data,
+    Drop,
+    End,
+    EndReason,
+    Extend,
+    Extended,
+    RelayMessage,
+    Sendme,
+    Truncated,
+    decode,
+    encode,
+    encode_data,
+)
+
+MAX_EARLY: Final = onion.MAX_HOPS - 1
+# A relay's queue for one circuit in one direction may hold one circuit window
+# of DATA plus some control cells; more means an end ignores flow control.
+MAX_QUEUED_PER_CIRCUIT: Final = CIRCUIT_WINDOW + 64 * 1024 + 64 * 1024
+
+
+class Position(enum.Enum):
+    """Whether this relay is the last hop of the circuit."""
+
+    LAST = "last"
+    EXTENDING = "extending"
+    MIDDLE = "middle"
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``body`` to the next hop."""
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """A message for this relay (it is the last hop)."""
+
+    message: RelayMessage
+
+
+class RelayCircuit:
+    """Relay-side circuit state machine (see the module docstring)."""
+
+    def __init__(
+        self, keys: HopKeys, own_identity: bytes, previous_identity: bytes | None
+    ) -> None:
+        self.keys = keys
+        self.position = Position.LAST
+        self.streams = StreamTable()
+        self._own = own_identity
+        self._previous = previous_identity
+        self._early = 0
+
+    def forward(self, body: bytes, *, early: bool) -> Forward | Deliver | None:
+        """Process a cell from the previous hop.
+
+        Returns:
+            Forward, Deliver, or None when nothing is to be done (padding).
+
+        Raises:
+            ProtocolError: a bad layer, a malformed message, a flow-control
+                violation, or a forbidden extension.  Destroy the circuit.
+        """
+        if early:
+            self._early += 1
+            if self._early > MAX_EARLY:
+                raise MessageError(f"more than {MAX_EARLY} relay_early cells")
+        peeled = onion.peel_forward(self.keys, body)
+        if self.position is Position.MIDDLE:
+            return Forward(peeled)
+        if self.position is Position.EXTENDING:
+            raise MessageError("cell for a hop that is still extending")
+        message = decode(peeled[: -onion.STACK_BYTES])
+        match message:
+            case Extend(identity=identity):
+                if not early:
+                    raise MessageError("extend outside relay_early")
+                if hmac.compare_digest(identity, self._own):
+                    raise MessageError("extend to this relay itself")
+                if self._previous is not None and hmac.compare_digest(
+                    identity, self._previous
+                ):
+                    raise MessageError("extend back to the previous hop")
+                if self.streams.streams:
+                    raise MessageError("extend on a circuit with streams")
+                self.position = Position.EXTENDING
+            case Begin(stream_id=sid):
+                self.streams.add(sid)
+            case Data(stream_id=sid, data=data):
+                if not self.streams.on_data(sid, len(data)):
+                    return None
+            case End(stream_id=sid, reason=reason):
+                self.streams.remote_end(sid, reason)
+            case Sendme():
+                self.streams.on_sendme(message)
+            case Drop():
+                return None
+            case _:
+                raise MessageError(f"relay got {type(message).__name__}")
+        return Deliver(message)
+
+    def backward(self, body: bytes) -> bytes:
+        """Add this relay's layer to a cell from the next hop."""
+        return onion.add_backward(self.keys, body)
+
+    def originate(self, message: RelayMessage) -> bytes:
+        """Seal a message this relay sends to the client."""
+        return onion.originate_backward(self.keys, encode(message))
+
+    def extended(self, reply: bytes) -> bytes:
+        """The next hop answered CREATED: the EXTENDED body for the client."""
+        if self.position is not Position.EXTENDING:
+            raise MessageError("created for a circuit that is not extending")
+        self.position = Position.MIDDLE
+        return self.originate(Extended(reply))
+
+    def extend_failed(self, reason: EndReason) -> bytes:
+        """The extension failed: the TRUNCATED body; this is the last hop again."""
+        self.position = Position.LAST
+        return self.originate(Truncated(reason))
+
+    # --- exit streams ------------------------------------------------------
+
+    def sendable(self, stream_id: int) -> int:
+        """Bytes the exit may send now on the stream."""
+        return self.streams.sendable(stream_id)
+
+    def send_data(self, stream_id: int, data: bytes) -> list[bytes]:
+        """Bodies carrying ``data`` to the client (within ``sendable``)."""
+        if len(data) > self.streams.sendable(stream_id):
+            raise FlowControlError("send past the window")
+        self.streams.spend(stream_id, len(data))
+        return [
+            onion.originate_backward(
+                self.keys, encode_data(stream_id, data[i : i + MAX_DATA])
+            )
+            for i in range(0, len(data), MAX_DATA)
+        ]
+
+    def consumed(self, stream_id: int, n: int) -> list[bytes]:
+        """SENDMEs after writing ``n`` bytes of the stream to its target."""
+        return [self.originate(m) for m in self.streams.on_consumed(stream_id, n)]
+
+    def end_stream(self, stream_id: int, reason: EndReason) -> list[bytes]:
+        """END for the stream, or nothing if it is already gone."""
+        if self.streams.get(stream_id) is None:
+            return []
+        self.streams.local_end(stream_id, reason)
+        return [self.originate(End(stream_id, reason))]

@@ -1,0 +1,212 @@
+"""Server side of SOCKS5 (RFC 1928) with username/password (RFC 1929).
+
+Incremental and bounded: feed bytes with ``receive_data``; ``next_action``
+returns what to do, consuming exactly the bytes it parsed.  Only CONNECT is
+served; BIND and UDP ASSOCIATE are answered "command not supported".  The
+parser never resolves names: a domain-name target is passed on as a string
+for the exit to resolve.
+
+    greeting  VER=5 | NMETHODS | METHODS...
+    auth      VER=1 | ULEN | UNAME | PLEN | PASSWD             (method 2 only)
+    request   VER=5 | CMD | RSV=0 | ATYP | DST.ADDR | DST.PORT
+    reply     VER=5 | REP | RSV=0 | ATYP=1 | BND.ADDR=0.0.0.0 | BND.PORT=0
+"""
+
+import enum
+import ipaddress
+from dataclasses import dataclass
+from typing import Final
+
+from hopchain.errors import Socks5Error
+from hopchain.messages import EndReason
+
+NO_AUTH: Final = 0x00
+USERNAME_PASSWORD: Final = 0x02
+NO_ACCEPTABLE: Final = 0xFF
+
+
+class Reply(enum.IntEnum):
+    """SOCKS5 reply codes (RFC 1928 section 6)."""
+
+    SUCCEEDED = 0
+    GENERAL_FAILURE = 1
+    NOT_ALLOWED = 2
+    NETWORK_UNREACHABLE = 3
+    HOST_UNREACHABLE = 4
+    CONNECTION_REFUSED = 5
+    TTL_EXPIRED = 6
+    COMMAND_NOT_SUPPORTED = 7
+    ADDRESS_TYPE_NOT_SUPPORTED = 8
+
+
+_END_TO_REPLY: Final = {
+    EndReason.DONE: Reply.GENERAL_FAILURE,
+    EndReason.MISC: Reply.GENERAL_FAILURE,
+    EndReason.RESOLVE_FAILED: Reply.HOST_UNREACHABLE,
+    EndReason.CONNECT_REFUSED: Reply.CONNECTION_REFUSED,
+    EndReason.EXIT_POLICY: Reply.NOT_ALLOWED,
+    EndReason.TIMEOUT: Reply.TTL_EXPIRED,
+    EndReason.HOST_UNREACHABLE: Reply.HOST_UNREACHABLE,
+    EndReason.NET_UNREACHABLE: Reply.NETWORK_UNREACHABLE,
+    EndReason.DESTROYED: Reply.GENERAL_FAILURE,
+    EndReason.PROTOCOL: Reply.GENERAL_FAILURE,
+}
+
+
+def reply_for_end(reason: EndReason) -> Reply:
+    """The SOCKS5 reply for a stream the exit ended before connecting."""
+    return _END_TO_REPLY[reason]
+
+
+def encode_reply(code: Reply) -> bytes:
+    """A SOCKS5 reply with an all-zero bound address."""
+    return bytes([5, code, 0, 1, 0, 0, 0, 0, 0, 0])
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectRequest:
+    """A parsed CONNECT: host is a domain name or an IP literal."""
+
+    host: str
+    port: int
+    username: bytes | None
+    password: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What the shell must do next.
+
+    ``reply`` goes to the app; then, if ``close``, the connection is closed;
+    if ``request`` is set, the handshake is over and the stream can start.
+    """
+
+    reply: bytes = b""
+    request: ConnectRequest | None = None
+    close: bool = False
+
+
+class _State(enum.Enum):
+    GREETING = "greeting"
+    AUTH = "auth"
+    REQUEST = "request"
+    DONE = "done"
+
+
+class Socks5Server:
+    """Incremental SOCKS5 server handshake (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._state = _State.GREETING
+        self._username: bytes | None = None
+        self._password: bytes | None = None
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the app."""
+        self._buffer += data
+
+    def take_remaining(self) -> bytes:
+        """Bytes the app sent after its request (early data), once."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+    def next_action(self) -> Action | None:
+        """The next step, or None when more bytes are needed.
+
+        Raises:
+            Socks5Error: malformed input; ``reply_code`` tells what to answer
+                (None: close without a reply).
+        """
+        if self._state is _State.GREETING:
+            return self._greeting()
+        if self._state is _State.AUTH:
+            return self._auth()
+        if self._state is _State.REQUEST:
+            return self._request()
+        raise Socks5Error("handshake already finished", None)
+
+    def _greeting(self) -> Action | None:
+        buf = self._buffer
+        if len(buf) < 2:
+            return None
+        if buf[0] != 5:
+            raise Socks5Error(f"not socks5: version byte {buf[0]}", None)
+        end = 2 + buf[1]
+        if len(buf) < end:
+            return None
+        methods = bytes(buf[2:end])
+        del buf[:end]
+        if NO_AUTH in methods:
+            self._state = _State.REQUEST
+            return Action(reply=bytes([5, NO_AUTH]))
+        if USERNAME_PASSWORD in methods:
+            self._state = _State.AUTH
+            return Action(reply=bytes([5, USERNAME_PASSWORD]))
+        self._state = _State.DONE
+        return Action(reply=bytes([5, NO_ACCEPTABLE]), close=True)
+
+    def _auth(self) -> Action | None:
+        buf = self._buffer
+        if len(buf) < 2:
+            return None
+        if buf[0] != 1:
+            raise Socks5Error(f"bad auth version {buf[0]}", None)
+        ulen = buf[1]
+        if len(buf) < 3 + ulen:
+            return None
+        plen = buf[2 + ulen]
+        end = 3 + ulen + plen
+        if len(buf) < end:
+            return None
+        self._username = bytes(buf[2 : 2 + ulen])
+        self._password = bytes(buf[3 + ulen : end])
+        del buf[:end]
+        self._state = _State.REQUEST
+        return Action(reply=bytes([1, 0]))
+
+    def _request(self) -> Action | None:
+        buf = self._buffer
+        if len(buf) < 5:
+            return None
+        if buf[0] != 5:
+            raise Socks5Error(f"bad request version {buf[0]}", Reply.GENERAL_FAILURE)
+        command, atyp = buf[1], buf[3]
+        if atyp == 1:
+            end = 4 + 4 + 2
+        elif atyp == 4:
+            end = 4 + 16 + 2
+        elif atyp == 3:
+            end = 5 + buf[4] + 2
+        else:
+            raise Socks5Error(f"address type {atyp}", Reply.ADDRESS_TYPE_NOT_SUPPORTED)
+        if len(buf) < end:
+            return None
+        raw = bytes(buf[:end])
+        del buf[:end]
+        self._state = _State.DONE
+        if command != 1:
+            raise Socks5Error(f"command {command}", Reply.COMMAND_NOT_SUPPORTED)
+        port = int.from_bytes(raw[-2:], "big")
+        if atyp == 1:
+            host = str(ipaddress.IPv4Address(raw[4:8]))
+        elif atyp == 4:
+            host = str(ipaddress.IPv6Address(raw[4:20]))
+        else:
+            host = _domain(raw[5:-2])
+        if port == 0:
+            raise Socks5Error("port 0", Reply.GENERAL_FAILURE)
+        return Action(
+            request=ConnectRequest(host, port, self._username, self._password)
+        )
+
+
+def _domain(raw: bytes) -> str:
+    try:
+        name = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise Socks5Error("non-ascii domain name", Reply.GENERAL_FAILURE) from exc
+    if not name or any(ord(c) < 0x21 or ord(c) == 0x7F for c in name):
+        raise Socks5Error("empty or malformed domain name", Reply.GENERAL_FAILURE)
+    return name

@@ -1,0 +1,1 @@
+"""The hopchain relay and directory authority daemons (trio shell)."""
