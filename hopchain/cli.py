@@ -1,4 +1,401 @@
-"""Command line entry point: ``hopchain <subcommand>``."""
+"""The ``hopchain`` command: one entry point with a subcommand per role.
+
+This module and ``__main__`` are the only modules in ``hopchain/`` that import
+the trio shells (lazily, per subcommand); the protocol core never does.
+"""
+
+import argparse
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from hopchain._version import __version__
+from hopchain.errors import ConfigError, HopchainError
+
+logger = logging.getLogger("hopchain")
+
+DEFAULT_SOCKS_PORT = 9050
 
 
-def main() -> None: ...
+def _positive_hops(text: str) -> int:
+    hops = int(text)
+    if not 1 <= hops <= 8:
+        raise argparse.ArgumentTypeError("hops must be between 1 and 8")
+    return hops
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("port must be 0..65535")
+    return port
+
+
+def _exit_ports(text: str) -> tuple[tuple[int, int], ...]:
+    ranges = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        try:
+            lo, hi = int(low), int(high or low)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad port range {part!r}") from exc
+        if not 1 <= lo <= hi <= 65535:
+            raise argparse.ArgumentTypeError(f"bad port range {part!r}")
+        ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: info)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="hopchain",
+        description=(
+            "An anonymizing multi-hop onion-routing proxy chain. Start with "
+            "'hopchain demo' for a whole network on loopback."
+        ),
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"hopchain {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo",
+        help="run a whole local network (authority, relays, client) on loopback",
+        description=(
+            "Start a directory authority, N relays on 127.0.0.2, 127.0.0.3, ... "
+            "(some of them exits) and a client, each as its own process, and "
+            "print the SOCKS5 address once a circuit is built. Ctrl-C or "
+            "SIGTERM stops everything."
+        ),
+    )
+    demo.add_argument(
+        "--relays", type=int, default=5, help="number of relays (default 5, min 3)"
+    )
+    demo.add_argument(
+        "--exits", type=int, default=2, help="how many relays are exits (default 2)"
+    )
+    demo.add_argument(
+        "--socks-port",
+        type=_port,
+        default=DEFAULT_SOCKS_PORT,
+        help="client SOCKS5 port (default 9050)",
+    )
+    demo.add_argument(
+        "--hops",
+        type=_positive_hops,
+        default=3,
+        help="hops per circuit, 1..8 (default 3)",
+    )
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where keys and logs go (default: a fresh temporary directory, removed on exit)",
+    )
+    _add_common(demo)
+
+    authority = sub.add_parser(
+        "authority",
+        help="run a directory authority",
+        description=(
+            "Run a directory authority: accept signed relay descriptors, test that "
+            "each relay is reachable, and serve a signed consensus. Prints "
+            "'ready HOST:PORT=KEY' on stdout: the value clients pass to --authority."
+        ),
+    )
+    authority.add_argument(
+        "--data-dir", type=Path, required=True, help="key directory (created 0700)"
+    )
+    authority.add_argument(
+        "--address", default="127.0.0.1", help="listen address (default 127.0.0.1)"
+    )
+    authority.add_argument(
+        "--port", type=_port, default=7000, help="listen port (default 7000; 0: any)"
+    )
+    authority.add_argument(
+        "--test-network",
+        action="store_true",
+        help="accept relays that declare a test network (loopback demos only)",
+    )
+    _add_common(authority)
+
+    relay = sub.add_parser(
+        "relay",
+        help="run a relay (optionally an exit)",
+        description=(
+            "Run a relay: create or load its keys in --data-dir, register with the "
+            "authorities, accept links and extend circuits; with --exit, also "
+            "connect to destinations. Prints 'ready' on stdout once published."
+        ),
+    )
+    relay.add_argument(
+        "--data-dir", type=Path, required=True, help="key directory (created 0700)"
+    )
+    relay.add_argument("--nickname", required=True, help="a short alphanumeric name")
+    relay.add_argument(
+        "--address", required=True, help="the address to listen on and publish"
+    )
+    relay.add_argument(
+        "--port", type=_port, default=9001, help="relay port (default 9001; 0: any)"
+    )
+    relay.add_argument(
+        "--authority",
+        action="append",
+        required=True,
+        metavar="HOST:PORT=KEY",
+        help="a directory authority to publish to (repeatable)",
+    )
+    relay.add_argument("--exit", action="store_true", help="be an exit relay")
+    relay.add_argument(
+        "--exit-ports",
+        type=_exit_ports,
+        default=((1, 65535),),
+        metavar="PORTS",
+        help="ports an exit accepts, e.g. 80,443,8000-8999 (default: all)",
+    )
+    relay.add_argument(
+        "--test-network",
+        action="store_true",
+        help="declare a test network: allow private and loopback destinations",
+    )
+    relay.add_argument(
+        "--bandwidth", type=int, default=10_000_000, help="advertised bytes/s"
+    )
+    relay.add_argument(
+        "--country", default="", help="two-letter country code to declare"
+    )
+    relay.add_argument(
+        "--publish-interval",
+        type=float,
+        default=600.0,
+        help="seconds between descriptor uploads",
+    )
+    _add_common(relay)
+
+    client = sub.add_parser(
+        "client",
+        help="run the local client (SOCKS5 proxy)",
+        description=(
+            "Fetch and verify the consensus, build circuits, and serve SOCKS5 "
+            "CONNECT on --socks-port. Host names are resolved by the exit."
+        ),
+    )
+    client.add_argument(
+        "--authority",
+        action="append",
+        required=True,
+        metavar="HOST:PORT=KEY",
+        help="a pinned directory authority (repeatable)",
+    )
+    client.add_argument(
+        "--socks-host", default="127.0.0.1", help="SOCKS5 listen address"
+    )
+    client.add_argument(
+        "--socks-port",
+        type=_port,
+        default=DEFAULT_SOCKS_PORT,
+        help="SOCKS5 port (default 9050)",
+    )
+    client.add_argument(
+        "--hops", type=_positive_hops, default=3, help="hops per circuit, 1..8"
+    )
+    client.add_argument(
+        "--test-network",
+        action="store_true",
+        help="allow relays on one subnet (needed for loopback networks)",
+    )
+    _add_common(client)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _ready(line: str) -> None:
+    print(line, flush=True)
+
+
+def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.crypto.keys import IdentityKey
+    from hopchain.relay.authority import AuthorityNode
+    from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
+    from hopchain.relay.net import TcpNetwork
+
+    ensure_private_dir(args.data_dir)
+    identity = IdentityKey(
+        load_or_create_secret(args.data_dir / "authority_identity.key")
+    )
+    node = AuthorityNode(
+        identity, args.address, args.port, TcpNetwork(), test_network=args.test_network
+    )
+
+    async def run() -> None:
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(node.serve)
+            host = f"[{args.address}]" if ":" in args.address else args.address
+            _ready(f"ready {host}:{port}={identity.public.hex()}")
+
+    return run
+
+
+def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.crypto.keys import IdentityKey, OnionKey
+    from hopchain.relay.dirclient import AuthorityAddress
+    from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
+    from hopchain.relay.net import TcpNetwork
+    from hopchain.relay.node import RelayConfig, RelayNode
+
+    if not args.nickname.isalnum() or len(args.nickname) > 32:
+        raise ConfigError("--nickname must be 1..32 letters and digits")
+    if args.country and (len(args.country) != 2 or not args.country.isalpha()):
+        raise ConfigError("--country must be a two-letter code")
+    authorities = [AuthorityAddress.parse(a) for a in args.authority]
+    ensure_private_dir(args.data_dir)
+    identity = IdentityKey(load_or_create_secret(args.data_dir / "identity.key"))
+    onion = OnionKey(load_or_create_secret(args.data_dir / "onion.key"))
+    config = RelayConfig(
+        nickname=args.nickname,
+        address=args.address,
+        port=args.port,
+        authorities=authorities,
+        exit=args.exit,
+        exit_ports=args.exit_ports,
+        test_network=args.test_network,
+        bandwidth=args.bandwidth,
+        country=args.country.upper(),
+        publish_interval=args.publish_interval,
+    )
+    node = RelayNode(config, identity, onion, TcpNetwork())
+
+    async def run() -> None:
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(node.serve)
+            await node.published.wait()
+            _ready(f"ready {args.address}:{port}")
+
+    return run
+
+
+def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    import random
+
+    from hopchain.client.node import ClientConfig, ClientNode
+    from hopchain.relay.dirclient import AuthorityAddress
+    from hopchain.relay.net import TcpNetwork
+
+    config = ClientConfig(
+        authorities=[AuthorityAddress.parse(a) for a in args.authority],
+        socks_host=args.socks_host,
+        socks_port=args.socks_port,
+        hops=args.hops,
+        test_network=args.test_network,
+    )
+    node = ClientNode(config, TcpNetwork(), random.SystemRandom())
+
+    async def run() -> None:
+        import trio
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(node.serve)
+            _ready(f"ready socks5 {args.socks_host}:{port}")
+
+    return run
+
+
+def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.client.demo import DemoOptions, run_demo
+
+    if args.relays < max(3, args.hops):
+        raise ConfigError(f"--relays must be at least {max(3, args.hops)}")
+    if not 1 <= args.exits <= args.relays - 1:
+        raise ConfigError("--exits must be between 1 and relays - 1")
+    options = DemoOptions(
+        relays=args.relays,
+        exits=args.exits,
+        socks_port=args.socks_port,
+        hops=args.hops,
+        data_dir=args.data_dir,
+        log_level=args.log_level,
+    )
+    return lambda: run_demo(options)
+
+
+_COMMANDS = {
+    "authority": _authority,
+    "relay": _relay,
+    "client": _client,
+    "demo": _demo,
+}
+
+
+async def _until_signalled(run: Callable[[], Awaitable[None]]) -> None:
+    import signal
+
+    import trio
+
+    async def main_task() -> None:
+        await run()
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(main_task)
+
+            async def watch() -> None:
+                async for signum in signals:
+                    logger.info("stopping (%s)", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The first user-facing error inside ``exc`` (which may be a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _user_error(inner)
+            if found is not None:
+                return found
+        return None
+    if isinstance(exc, HopchainError | OSError | KeyboardInterrupt):
+        return exc
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and run the chosen role until it is stopped."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    import trio
+
+    try:
+        trio.run(_until_signalled, _COMMANDS[args.command](args))
+    except BaseException as exc:
+        error = _user_error(exc)
+        if error is None:
+            raise
+        if isinstance(error, KeyboardInterrupt):
+            sys.exit(130)
+        print(f"hopchain {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ConfigError) else 1)
+    finally:
+        logging.shutdown()

@@ -99,7 +99,12 @@ def _unpack(raw: bytes, limit: int, what: str) -> Any:
         raise DirectoryError(f"{what} too large: {len(raw)} > {limit} bytes")
     try:
         return msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+    except (
+        ValueError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+    ) as exc:
         raise DirectoryError(f"malformed {what}") from exc
 
 
@@ -144,7 +149,9 @@ def verify_descriptor(raw: bytes, now: float) -> SignedDescriptor:
         DirectoryError: malformed, badly signed, or published in the future.
     """
     outer = _unpack(raw, MAX_DESCRIPTOR, "descriptor")
-    _require(isinstance(outer, list) and len(outer) == 2, "descriptor is not [body, sig]")
+    _require(
+        isinstance(outer, list) and len(outer) == 2, "descriptor is not [body, sig]"
+    )
     body_raw, signature = outer
     _require(isinstance(body_raw, bytes) and isinstance(signature, bytes), "bad types")
     body = _unpack(body_raw, MAX_DESCRIPTOR, "descriptor body")
@@ -235,7 +242,9 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
     if not pinned:
         raise ValueError("no pinned authority keys")
     outer = _unpack(raw, MAX_CONSENSUS, "consensus")
-    _require(isinstance(outer, list) and len(outer) == 2, "consensus is not [body, sigs]")
+    _require(
+        isinstance(outer, list) and len(outer) == 2, "consensus is not [body, sigs]"
+    )
     body_raw, sigs = outer
     _require(isinstance(body_raw, bytes) and isinstance(sigs, list), "bad types")
     message = _CONSENSUS_PREFIX + body_raw
@@ -271,7 +280,8 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
         desc_raw, flags = item
         _require(isinstance(desc_raw, bytes), "bad relay descriptor")
         _require(
-            isinstance(flags, list) and all(f in FLAGS for f in flags), "bad relay flags"
+            isinstance(flags, list) and all(f in FLAGS for f in flags),
+            "bad relay flags",
         )
         signed = verify_descriptor(desc_raw, now)
         statuses.append(RouterStatus(signed.descriptor, frozenset(flags)))
@@ -282,4 +292,3 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
         relays=tuple(statuses),
         signers=frozenset(signers),
     )
-

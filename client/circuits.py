@@ -1,0 +1,383 @@
+"""The client's circuit manager: links to guards, building, stream attachment.
+
+Circuits are built hop by hop (CREATE to the guard, then EXTEND in
+RELAY_EARLY cells) along a path from ``hopchain.path.select_path``.  A new
+stream reuses the newest open circuit whose exit accepts its port and that
+is younger than the dirtiness period; otherwise a circuit is built for it.
+Link readers handle every incoming cell synchronously; stream tasks wait on
+one-shot ``_Reply`` objects for CREATED/EXTENDED/CONNECTED.
+"""
+
+import logging
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+from hopchain.relay.link import Link, initiate
+from hopchain.relay.net import Network
+from hopchain.relay.pump import CreditSignal, StreamPump
+
+from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
+from hopchain.directory import Consensus, Descriptor
+from hopchain.errors import (
+    CircuitError,
+    HandshakeError,
+    LinkError,
+    ProtocolError,
+    StreamError,
+)
+from hopchain.messages import (
+    Connected,
+    Data,
+    End,
+    EndReason,
+    Extended,
+    Sendme,
+    Truncated,
+)
+from hopchain.path import PathConstraints, select_path
+from hopchain.wire import Cell, CellCommand
+
+logger = logging.getLogger(__name__)
+
+BUILD_TIMEOUT: Final = 30.0
+STREAM_TIMEOUT: Final = 30.0
+BUILD_ATTEMPTS: Final = 3
+
+
+class _Reply:
+    """A one-shot value set by the link reader and awaited by a task."""
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self.value: object = None
+
+    def set(self, value: object) -> None:
+        if not self._event.is_set():
+            self.value = value
+            self._event.set()
+
+    async def wait(self) -> object:
+        await self._event.wait()
+        return self.value
+
+
+_CLOSED: Final = object()
+
+
+@dataclass(eq=False)
+class ClientCircuitHandle:
+    """A circuit as the client shell sees it."""
+
+    core: ClientCircuit
+    link: Link
+    circ_id: int
+    exit: Descriptor
+    built_at: float = 0.0
+    pumps: dict[int, StreamPump] = field(default_factory=dict)
+    waiting: dict[int, _Reply] = field(default_factory=dict)
+    credit: CreditSignal = field(default_factory=CreditSignal)
+    build_reply: _Reply | None = None
+
+    @property
+    def is_open(self) -> bool:
+        """Built and not closed."""
+        return self.core.state is CircuitState.OPEN and not self.link.closed
+
+    def send(self, bodies: list[bytes]) -> None:
+        """Queue RELAY cells on the circuit's link."""
+        for body in bodies:
+            if not self.link.send(self.circ_id, CellCommand.RELAY, body):
+                self.core.close()
+                return
+
+
+class CircuitManager:
+    """Builds circuits and attaches streams (see the module docstring)."""
+
+    def __init__(
+        self,
+        network: Network,
+        consensus: Callable[[], Consensus],
+        *,
+        hops: int,
+        same_subnet_ok: bool,
+        dirtiness: float,
+        rng: random.Random,
+        nursery: trio.Nursery,
+    ) -> None:
+        self._network = network
+        self._consensus = consensus
+        self._hops = hops
+        self._same_subnet_ok = same_subnet_ok
+        self._dirtiness = dirtiness
+        self._rng = rng
+        self._nursery = nursery
+        self._links: dict[bytes, Link] = {}
+        self._link_lock = trio.Lock()
+        self._build_lock = trio.Lock()
+        self._circuits: dict[tuple[Link, int], ClientCircuitHandle] = {}
+        self.built = 0
+
+    # --- circuits ------------------------------------------------------------
+
+    async def circuit_for(self, port: int) -> ClientCircuitHandle:
+        """An open circuit whose exit accepts ``port`` (building one if needed).
+
+        Raises:
+            CircuitError: every build attempt failed.
+            PathSelectionError: the directory has no suitable path.
+        """
+        found = self._reusable(port)
+        if found is not None:
+            return found
+        async with self._build_lock:
+            found = self._reusable(port)
+            if found is not None:
+                return found
+            return await self.build(port)
+
+    def _reusable(self, port: int) -> ClientCircuitHandle | None:
+        now = trio.current_time()
+        for handle in sorted(self._circuits.values(), key=lambda h: -h.built_at):
+            if (
+                handle.is_open
+                and now - handle.built_at < self._dirtiness
+                and handle.exit.allows_exit_to(port)
+            ):
+                return handle
+        return None
+
+    async def build(self, port: int) -> ClientCircuitHandle:
+        """Build a fresh circuit for ``port``, retrying on failure."""
+        last: Exception | None = None
+        for _ in range(BUILD_ATTEMPTS):
+            path = select_path(
+                self._consensus(),
+                PathConstraints(
+                    hops=self._hops, port=port, same_subnet_ok=self._same_subnet_ok
+                ),
+                self._rng,
+            )
+            started = trio.current_time()
+            try:
+                handle = await self._build_path(path)
+            except (
+                CircuitError,
+                ProtocolError,
+                OSError,
+                EOFError,
+                trio.TooSlowError,
+            ) as exc:
+                logger.info("circuit build failed: %s", exc)
+                last = exc
+                continue
+            handle.built_at = trio.current_time()
+            self.built += 1
+            logger.info(
+                "circuit built: %d hops in %.0f ms",
+                len(path),
+                (handle.built_at - started) * 1000,
+            )
+            return handle
+        raise CircuitError(f"could not build a circuit: {last}")
+
+    async def _build_path(self, path: list[Descriptor]) -> ClientCircuitHandle:
+        specs = [HopSpec(d.identity, d.onion_key, d.address, d.or_port) for d in path]
+        with trio.fail_after(BUILD_TIMEOUT):
+            link = await self._link_to(path[0])
+            circ_id = self._new_circ_id(link)
+            core = ClientCircuit()
+            handle = ClientCircuitHandle(core, link, circ_id, path[-1])
+            self._circuits[(link, circ_id)] = handle
+            try:
+                handle.build_reply = _Reply()
+                link.send(
+                    circ_id,
+                    CellCommand.CREATE,
+                    core.create(specs[0], secrets.token_bytes(32)),
+                )
+                reply = await handle.build_reply.wait()
+                if not isinstance(reply, bytes):
+                    raise CircuitError("guard refused the circuit")
+                core.on_created(reply)
+                for spec in specs[1:]:
+                    handle.build_reply = _Reply()
+                    body = core.extend(spec, secrets.token_bytes(32))
+                    link.send(circ_id, CellCommand.RELAY_EARLY, body)
+                    if await handle.build_reply.wait() is _CLOSED:
+                        raise CircuitError("circuit closed while extending")
+            except BaseException:
+                self._destroy(handle)
+                raise
+        return handle
+
+    def _destroy(self, handle: ClientCircuitHandle, *, notify: bool = True) -> None:
+        if self._circuits.pop((handle.link, handle.circ_id), None) is None:
+            return
+        handle.core.close()
+        if notify:
+            handle.link.send(
+                handle.circ_id, CellCommand.DESTROY, bytes([EndReason.DESTROYED])
+            )
+        handle.link.forget_circuit(handle.circ_id)
+        for pump in handle.pumps.values():
+            pump.abort()
+        for reply in handle.waiting.values():
+            reply.set(_CLOSED)
+        if handle.build_reply is not None:
+            handle.build_reply.set(_CLOSED)
+        handle.credit.fire()
+
+    def close_all(self) -> None:
+        """Destroy every circuit (used by tests and on shutdown)."""
+        for handle in list(self._circuits.values()):
+            self._destroy(handle)
+
+    def _new_circ_id(self, link: Link) -> int:
+        while True:
+            circ_id = secrets.randbits(32) or 1
+            if (link, circ_id) not in self._circuits:
+                return circ_id
+
+    # --- links -------------------------------------------------------------
+
+    async def _link_to(self, guard: Descriptor) -> Link:
+        async with self._link_lock:
+            link = self._links.get(guard.identity)
+            if link is not None and not link.closed:
+                return link
+            stream = await self._network.connect(guard.address, guard.or_port)
+            try:
+                link = await initiate(stream, guard.identity, guard.onion_key)
+            except (
+                HandshakeError,
+                EOFError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+            ) as exc:
+                await trio.aclose_forcefully(stream)
+                raise CircuitError(f"link to guard failed: {exc}") from exc
+            self._links[guard.identity] = link
+            self._nursery.start_soon(self._run_link, link)
+            return link
+
+    async def _run_link(self, link: Link) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run_writer)
+                try:
+                    async for cells in link.receive_cells():
+                        for cell in cells:
+                            self._handle_cell(link, cell)
+                except LinkError as exc:
+                    logger.warning("closing the link to a guard: %s", exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            link.closed = True
+            for key, handle in list(self._circuits.items()):
+                if key[0] is link:
+                    self._destroy(handle, notify=False)
+            with trio.CancelScope(shield=True):
+                await link.aclose()
+
+    def _handle_cell(self, link: Link, cell: Cell) -> None:
+        handle = self._circuits.get((link, cell.circ_id))
+        if handle is None:
+            return
+        if cell.command is CellCommand.CREATED:
+            if handle.build_reply is not None:
+                handle.build_reply.set(cell.body)
+        elif cell.command is CellCommand.RELAY:
+            try:
+                self._relay(handle, cell.body)
+            except ProtocolError as exc:
+                logger.warning("destroying a circuit: %s", exc)
+                self._destroy(handle)
+        elif cell.command is CellCommand.DESTROY:
+            self._destroy(handle, notify=False)
+
+    def _relay(self, handle: ClientCircuitHandle, body: bytes) -> None:
+        received, replies = handle.core.receive(body)
+        handle.send(replies)
+        if received is None:
+            return
+        message = received.message
+        match message:
+            case Data(stream_id=sid, data=data):
+                pump = handle.pumps.get(sid)
+                if pump is not None:
+                    pump.deliver(data)
+            case Connected(stream_id=sid) | End(stream_id=sid):
+                waiter = handle.waiting.pop(sid, None)
+                if waiter is not None:
+                    waiter.set(message)
+                    return
+                pump = handle.pumps.get(sid)
+                if pump is not None and isinstance(message, End):
+                    if message.reason == EndReason.DONE:
+                        pump.remote_end()
+                    else:
+                        pump.abort()
+            case Sendme():
+                handle.credit.fire()
+            case Extended():
+                if handle.build_reply is not None:
+                    handle.build_reply.set(message)
+            case Truncated(reason=reason):
+                logger.info(
+                    "circuit truncated at hop %d: %s", received.hop + 1, reason.name
+                )
+                self._destroy(handle)
+
+    # --- streams -------------------------------------------------------------
+
+    async def open_stream(
+        self, host: str, port: int, socket: trio.abc.Stream
+    ) -> tuple[ClientCircuitHandle, StreamPump]:
+        """Open a stream to host:port through a circuit; returns once CONNECTED.
+
+        Data that the exit sends right after CONNECTED is buffered in the
+        returned pump, so server-first protocols lose nothing.
+
+        Raises:
+            StreamError: the exit refused or could not connect (with reason).
+            CircuitError, PathSelectionError: no circuit could be had.
+        """
+        for attempt in range(2):
+            handle = await self.circuit_for(port)
+            sid, body = handle.core.open_stream(host, port)
+            pump = StreamPump(sid, socket, handle.core, handle.send, handle.credit)
+            waiter = _Reply()
+            handle.waiting[sid] = waiter
+            handle.pumps[sid] = pump
+            handle.send([body])
+            with trio.move_on_after(STREAM_TIMEOUT):
+                result = await waiter.wait()
+                if isinstance(result, Connected):
+                    return handle, pump
+                handle.pumps.pop(sid, None)
+                if isinstance(result, End):
+                    raise StreamError(
+                        f"exit ended the stream: {result.reason.name}", result.reason
+                    )
+                if attempt == 0:
+                    logger.info(
+                        "circuit closed before connected; retrying on a new one"
+                    )
+                    continue
+                raise StreamError(
+                    "circuit closed before connected", EndReason.DESTROYED
+                )
+            handle.pumps.pop(sid, None)
+            handle.waiting.pop(sid, None)
+            handle.send(handle.core.end_stream(sid, EndReason.TIMEOUT))
+            raise StreamError("exit did not answer in time", EndReason.TIMEOUT)
+        raise StreamError("circuit closed before connected", EndReason.DESTROYED)
+
+    def release(self, handle: ClientCircuitHandle, pump: StreamPump) -> None:
+        """Forget a finished stream."""
+        handle.pumps.pop(pump.stream_id, None)

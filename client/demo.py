@@ -1,0 +1,203 @@
+"""``hopchain demo``: a whole hopchain network on loopback, one process per node.
+
+The authority listens on 127.0.0.1; relay i listens on 127.0.0.(2+i), so an
+origin server can tell which exit connected to it; the last ``exits`` relays
+are exits.  Every node is a ``python -m hopchain`` child process, so the
+network uses both cores and every CLI path is exercised.  Each child prints a
+``ready`` line on stdout; its log goes to ``<data-dir>/<name>.log``.  When
+the demo is cancelled (Ctrl-C, SIGTERM) trio terminates every child, and a
+temporary data directory is removed.
+"""
+
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from hopchain.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+READY_TIMEOUT: Final = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """What ``hopchain demo`` was asked for."""
+
+    relays: int
+    exits: int
+    socks_port: int
+    hops: int
+    data_dir: Path | None
+    log_level: str
+
+
+class _Child:
+    """One node process: its name, log file, and the ready line it printed."""
+
+    def __init__(self, name: str, log: Path) -> None:
+        self.name = name
+        self.log = log
+        self.ready_line = ""
+
+
+async def _run_child(
+    child: _Child,
+    argv: list[str],
+    stopping: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a node until cancelled; report its ready line via task_status."""
+    command = [sys.executable, "-m", "hopchain", *argv]
+    with child.log.open("ab") as log:
+        async with trio.open_nursery() as nursery:
+            process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    check=False,
+                )
+            )
+            assert process.stdout is not None
+            buffer = b""
+            with trio.move_on_after(READY_TIMEOUT):
+                while b"\n" not in buffer:
+                    chunk = await process.stdout.receive_some(4096)
+                    if not chunk:
+                        break
+                    buffer += chunk
+            line = buffer.split(b"\n", 1)[0].decode(errors="replace").strip()
+            if not line.startswith("ready"):
+                raise ConfigError(
+                    f"{child.name} did not start (exit code {process.returncode}); "
+                    f"see {child.log}"
+                )
+            child.ready_line = line
+            task_status.started(line)
+            code = await process.wait()
+            if not stopping.is_set():
+                raise ConfigError(
+                    f"{child.name} exited with code {code}; see {child.log}"
+                )
+
+
+async def run_demo(options: DemoOptions) -> None:
+    """Start the network, print where to connect, and run until cancelled."""
+    temporary = options.data_dir is None
+    root = (
+        Path(tempfile.mkdtemp(prefix="hopchain-demo-"))
+        if temporary
+        else options.data_dir
+    )
+    assert root is not None
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stopping = trio.Event()
+    common = ["--log-level", options.log_level]
+    clean = False
+    try:
+        async with trio.open_nursery() as nursery:
+            authority = _Child("authority", root / "authority.log")
+            print(
+                f"starting a directory authority on 127.0.0.1 (data in {root})",
+                flush=True,
+            )
+            line = await nursery.start(
+                _run_child,
+                authority,
+                [
+                    "authority",
+                    "--data-dir",
+                    str(root / "authority"),
+                    "--address",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--test-network",
+                    *common,
+                ],
+                stopping,
+            )
+            authority_arg = line.split()[1]
+            print(
+                f"starting {options.relays} relays ({options.exits} exits)", flush=True
+            )
+            async with trio.open_nursery() as starting:
+                for i in range(options.relays):
+                    is_exit = i >= options.relays - options.exits
+                    name = f"{'exit' if is_exit else 'relay'}{i + 1}"
+                    argv = [
+                        "relay",
+                        "--data-dir",
+                        str(root / name),
+                        "--nickname",
+                        name,
+                        "--address",
+                        f"127.0.0.{2 + i}",
+                        "--port",
+                        "0",
+                        "--authority",
+                        authority_arg,
+                        "--test-network",
+                        *common,
+                    ]
+                    if is_exit:
+                        argv.append("--exit")
+                    starting.start_soon(
+                        partial(
+                            nursery.start,
+                            _run_child,
+                            _Child(name, root / f"{name}.log"),
+                            argv,
+                            stopping,
+                        )
+                    )
+            print("starting the client", flush=True)
+            client = _Child("client", root / "client.log")
+            line = await nursery.start(
+                _run_child,
+                client,
+                [
+                    "client",
+                    "--authority",
+                    authority_arg,
+                    "--socks-port",
+                    str(options.socks_port),
+                    "--hops",
+                    str(options.hops),
+                    "--test-network",
+                    *common,
+                ],
+                stopping,
+            )
+            socks = line.split()[-1]
+            print(
+                f"\nhopchain demo is up: 1 authority, {options.relays} relays "
+                f"({options.exits} exits), {options.hops}-hop circuits.\n"
+                f"SOCKS5 proxy: {socks}\n"
+                f"  try: curl --socks5-hostname {socks} http://127.0.0.1:8000/\n"
+                f"logs: {root}/*.log\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+            try:
+                await trio.sleep_forever()
+            finally:
+                stopping.set()
+                clean = True
+    finally:
+        stopping.set()
+        if temporary and clean:
+            shutil.rmtree(root, ignore_errors=True)
+        print("hopchain demo stopped", flush=True)

@@ -1,0 +1,158 @@
+"""The local client: fetches the consensus, builds circuits, serves SOCKS5."""
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+from hopchain.client.circuits import CircuitManager
+from hopchain.client.socks import handle_socks
+from hopchain.relay import dirclient
+from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.net import Network, bound_port, wall_clock
+
+from hopchain.directory import Consensus, verify_consensus
+from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
+from hopchain.path import PathConstraints, select_path
+
+logger = logging.getLogger(__name__)
+
+BOOTSTRAP_RETRY: Final = 1.0
+REFRESH_INTERVAL: Final = 60.0
+
+
+@dataclass
+class ClientConfig:
+    """Everything a client needs to run."""
+
+    authorities: list[AuthorityAddress]
+    socks_host: str = "127.0.0.1"
+    socks_port: int = 9050
+    hops: int = 3
+    test_network: bool = False
+    dirtiness: float = 600.0
+    bootstrap_timeout: float = 120.0
+    warm_port: int = 80
+
+
+class ClientNode:
+    """The hopchain client (see the module docstring)."""
+
+    def __init__(
+        self, config: ClientConfig, network: Network, rng: random.Random
+    ) -> None:
+        self.config = config
+        self.network = network
+        self.rng = rng
+        self._consensus: Consensus | None = None
+        self.manager: CircuitManager | None = None
+        self.socks_port = config.socks_port
+
+    @property
+    def consensus(self) -> Consensus:
+        """The current verified consensus."""
+        if self._consensus is None:
+            raise DirectoryError("no consensus yet")
+        return self._consensus
+
+    async def fetch_consensus(self) -> Consensus:
+        """Fetch from the authorities in turn; the first that verifies wins.
+
+        Raises:
+            DirectoryError: none answered with a valid consensus (the message
+                lists why each failed).
+        """
+        pinned = [a.key for a in self.config.authorities]
+        problems = []
+        for authority in self.rng.sample(
+            self.config.authorities, len(self.config.authorities)
+        ):
+            try:
+                raw = await dirclient.fetch_consensus(self.network, authority)
+                consensus = verify_consensus(raw, pinned, wall_clock())
+            except DirectoryError as exc:
+                problems.append(f"{authority.host}:{authority.port}: {exc}")
+                continue
+            self._consensus = consensus
+            return consensus
+        raise DirectoryError("; ".join(problems))
+
+    async def bootstrap(self) -> None:
+        """Wait until a consensus with a usable path is available.
+
+        Raises:
+            DirectoryError: still none after ``bootstrap_timeout`` seconds.
+        """
+        reason = "no answer yet"
+        with trio.move_on_after(self.config.bootstrap_timeout):
+            while True:
+                try:
+                    consensus = await self.fetch_consensus()
+                    select_path(
+                        consensus,
+                        PathConstraints(
+                            hops=self.config.hops,
+                            port=self.config.warm_port,
+                            same_subnet_ok=self.config.test_network,
+                        ),
+                        self.rng,
+                    )
+                except (DirectoryError, PathSelectionError) as exc:
+                    if str(exc) != reason:
+                        logger.info("bootstrapping: %s", exc)
+                    reason = str(exc)
+                    await trio.sleep(BOOTSTRAP_RETRY)
+                    continue
+                logger.info(
+                    "consensus with %d relays (%d exits)",
+                    len(consensus.relays),
+                    sum("Exit" in r.flags for r in consensus.relays),
+                )
+                return
+        raise DirectoryError(f"bootstrap timed out: {reason}")
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bootstrap, build a first circuit, and serve SOCKS5 until cancelled."""
+        await self.bootstrap()
+        listeners = await self.network.listen(
+            self.config.socks_host, self.config.socks_port
+        )
+        self.socks_port = bound_port(listeners)
+        async with trio.open_nursery() as nursery:
+            manager = CircuitManager(
+                self.network,
+                lambda: self.consensus,
+                hops=self.config.hops,
+                same_subnet_ok=self.config.test_network,
+                dirtiness=self.config.dirtiness,
+                rng=self.rng,
+                nursery=nursery,
+            )
+            self.manager = manager
+            try:
+                await manager.circuit_for(self.config.warm_port)
+            except (CircuitError, PathSelectionError) as exc:
+                logger.warning("first circuit failed: %s", exc)
+            nursery.start_soon(self._refresh_loop)
+            nursery.start_soon(
+                trio.serve_listeners,
+                lambda s: handle_socks(s, manager),
+                listeners,
+            )
+            logger.info(
+                "SOCKS5 proxy listening on %s:%d",
+                self.config.socks_host,
+                self.socks_port,
+            )
+            task_status.started(self.socks_port)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await trio.sleep(REFRESH_INTERVAL)
+            try:
+                await self.fetch_consensus()
+            except DirectoryError as exc:
+                logger.warning("consensus refresh failed: %s", exc)

@@ -1,0 +1,5 @@
+"""``python -m hopchain``: the same as the ``hopchain`` command."""
+
+from hopchain.cli import main
+
+main()

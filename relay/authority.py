@@ -1,0 +1,183 @@
+"""The directory authority: collects descriptors, tests relays, signs a consensus.
+
+A relay publishes its signed descriptor; before listing it the authority
+opens a link to the relay's advertised address and completes the link
+handshake with the onion key from the descriptor, which proves both that the
+relay is reachable and that it holds the key.  The consensus lists every
+relay that passed within ``RELAY_LIFETIME`` and is re-signed whenever the set
+changes or it is half-way to its fresh-until time.
+
+Flags in this version: every listed relay is Running, Valid, Fast, Stable and
+Guard; relays with an exit policy are Exit.  Measured flags (uptime and
+bandwidth thresholds) and multi-authority voting are documented as future
+work in docs/protocol.md.
+"""
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+from hopchain.relay.link import initiate
+from hopchain.relay.net import (
+    BufferedReader,
+    Network,
+    bound_port,
+    receive_message,
+    send_message,
+    wall_clock,
+)
+
+from hopchain.crypto.keys import IdentityKey, fingerprint
+from hopchain.directory import (
+    SignedDescriptor,
+    build_consensus,
+    consensus_signing_message,
+    sign_consensus,
+    verify_descriptor,
+)
+from hopchain.errors import DirectoryError, HandshakeError
+
+logger = logging.getLogger(__name__)
+
+RELAY_LIFETIME: Final = 3 * 3600.0
+FRESH_FOR: Final = 600.0
+VALID_FOR: Final = 3 * 3600.0
+REACHABILITY_TIMEOUT: Final = 10.0
+REQUEST_TIMEOUT: Final = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    signed: SignedDescriptor
+    tested_at: float
+
+
+class AuthorityNode:
+    """A directory authority (see the module docstring)."""
+
+    def __init__(
+        self,
+        identity: IdentityKey,
+        address: str,
+        port: int,
+        network: Network,
+        *,
+        test_network: bool = False,
+    ) -> None:
+        self.identity = identity
+        self.address = address
+        self.port = port
+        self.network = network
+        self.test_network = test_network
+        self._relays: dict[bytes, _Listed] = {}
+        self._consensus: bytes | None = None
+        self._consensus_made = 0.0
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Answer publish and consensus requests until cancelled."""
+        listeners = await self.network.listen(self.address, self.port)
+        self.port = bound_port(listeners)
+        logger.info(
+            "authority %s listening on port %d",
+            fingerprint(self.identity.public),
+            self.port,
+        )
+        task_status.started(self.port)
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        async with stream:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    request = await receive_message(BufferedReader(stream))
+                    reply = await self._answer(request)
+                    await send_message(stream, reply)
+            except (
+                ValueError,
+                EOFError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+            ) as exc:
+                logger.info("dropping a directory request: %s", exc)
+
+    async def _answer(self, request: object) -> dict[str, object]:
+        if not isinstance(request, dict):
+            return {"error": "request is not a map"}
+        op = request.get("op")
+        if op == "consensus":
+            return {"consensus": self.consensus()}
+        if op == "publish":
+            raw = request.get("descriptor")
+            if not isinstance(raw, bytes):
+                return {"error": "publish without a descriptor"}
+            try:
+                await self._publish(raw)
+            except DirectoryError as exc:
+                return {"error": str(exc)}
+            return {"ok": True}
+        return {"error": f"unknown op {op!r}"}
+
+    async def _publish(self, raw: bytes) -> None:
+        signed = verify_descriptor(raw, wall_clock())
+        desc = signed.descriptor
+        if desc.test_network and not self.test_network:
+            raise DirectoryError("test-network relays are refused by this authority")
+        try:
+            with trio.fail_after(REACHABILITY_TIMEOUT):
+                stream = await self.network.connect(desc.address, desc.or_port)
+                link = await initiate(stream, desc.identity, desc.onion_key)
+                await link.aclose()
+        except (
+            OSError,
+            HandshakeError,
+            EOFError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+        ) as exc:
+            self._relays.pop(desc.identity, None)
+            self._consensus = None
+            raise DirectoryError(f"relay not reachable at its address: {exc}") from exc
+        previous = self._relays.get(desc.identity)
+        self._relays[desc.identity] = _Listed(signed, trio.current_time())
+        if previous is None or previous.signed.raw != raw:
+            self._consensus = None
+        if previous is None:
+            logger.info(
+                "listed relay %s (%s)%s",
+                desc.nickname,
+                fingerprint(desc.identity),
+                " exit" if desc.exit_ports else "",
+            )
+
+    def consensus(self) -> bytes:
+        """The current signed consensus, rebuilt when needed."""
+        now_mono = trio.current_time()
+        expired = [
+            k
+            for k, v in self._relays.items()
+            if now_mono - v.tested_at > RELAY_LIFETIME
+        ]
+        for key in expired:
+            del self._relays[key]
+        if (
+            self._consensus is None
+            or expired
+            or now_mono - self._consensus_made > FRESH_FOR / 2
+        ):
+            now = wall_clock()
+            entries = []
+            for listed in sorted(
+                self._relays.values(), key=lambda v: v.signed.descriptor.identity
+            ):
+                flags = {"Running", "Valid", "Fast", "Stable", "Guard"}
+                if listed.signed.descriptor.exit_ports:
+                    flags.add("Exit")
+                entries.append((listed.signed.raw, frozenset(flags)))
+            body = build_consensus(entries, now, now + FRESH_FOR, now + VALID_FOR)
+            signature = self.identity.sign(consensus_signing_message(body))
+            self._consensus = sign_consensus(body, [(self.identity.public, signature)])
+            self._consensus_made = now_mono
+        return self._consensus

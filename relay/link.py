@@ -1,0 +1,227 @@
+"""A link: one encrypted, authenticated TCP connection between two nodes.
+
+The initiator knows the responder's identity and onion key from the
+directory and runs the link handshake (``handshake.LINK_LABEL``); records are
+then sealed with ``wire.RecordSealer``.  A relay initiator additionally sends
+an AUTHENTICATE cell (its identity key and a signature over the handshake's
+binding), so the responder knows which relay is the previous hop; a client
+never does, and stays anonymous to its guard.
+
+Cells to send are queued without blocking (readers never wait on writers, so
+two relays can never deadlock on each other's full buffers); one writer task
+per link batches everything queued into a single record.  Each circuit's
+share of the queue is bounded (``MAX_QUEUED_PER_CIRCUIT``): a circuit whose
+ends ignore flow control is refused, not buffered.
+"""
+
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Final
+
+import trio
+from hopchain.relay.net import RECEIVE_CHUNK, BufferedReader
+
+from hopchain.crypto import handshake, kdf
+from hopchain.crypto.keys import IdentityKey, OnionKey
+from hopchain.crypto.primitives import ed25519_verify
+from hopchain.errors import HandshakeError, LinkError
+from hopchain.relaycircuit import MAX_QUEUED_PER_CIRCUIT
+from hopchain.wire import (
+    MAX_RECORD,
+    Cell,
+    CellCommand,
+    LinkKeys,
+    RecordOpener,
+    RecordSealer,
+    decode_cells,
+    encode_cell,
+)
+
+logger = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT: Final = 10.0
+BATCH_BYTES: Final = 256 * 1024
+_AUTH_PREFIX: Final = b"hopchain link auth v1\0"
+
+
+class Link:
+    """An established link (see the module docstring)."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        keys: LinkKeys,
+        *,
+        peer_identity: bytes | None,
+        binding: bytes,
+        leftover: bytes = b"",
+    ) -> None:
+        self.stream = stream
+        self.peer_identity = peer_identity
+        self.binding = binding
+        self.closed = False
+        self._sealer = RecordSealer(keys.send_key)
+        self._opener = RecordOpener(keys.receive_key)
+        self._opener.feed(leftover)
+        self._queue: deque[tuple[int, int, bytes]] = deque()
+        self._queued: dict[int, int] = {}
+        self._wakeup = trio.Event()
+
+    def send(self, circ_id: int, command: CellCommand, body: bytes) -> bool:
+        """Queue one cell; False if the circuit's queue share is full."""
+        if self.closed:
+            return False
+        queued = self._queued.get(circ_id, 0) + len(body)
+        if queued > MAX_QUEUED_PER_CIRCUIT:
+            return False
+        self._queued[circ_id] = queued
+        self._queue.append((circ_id, len(body), encode_cell(circ_id, command, body)))
+        self._wakeup.set()
+        return True
+
+    def forget_circuit(self, circ_id: int) -> None:
+        """Stop accounting a closed circuit (its queued cells still go out)."""
+        self._queued.pop(circ_id, None)
+
+    async def run_writer(self) -> None:
+        """Send queued cells, batched into records, until the link closes."""
+        queue = self._queue
+        queued = self._queued
+        try:
+            while True:
+                while not queue:
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                batch = []
+                size = 0
+                while queue and size < BATCH_BYTES:
+                    circ_id, body_len, cell = queue.popleft()
+                    batch.append(cell)
+                    size += len(cell)
+                    left = queued.get(circ_id)
+                    if left is not None:
+                        queued[circ_id] = left - body_len
+                await self.stream.send_all(self._sealer.seal(b"".join(batch)))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True
+
+    async def receive_cells(self) -> AsyncIterator[list[Cell]]:
+        """Cells as they arrive, one record at a time, until EOF.
+
+        Raises:
+            LinkError: a bad record (the caller closes the link).
+        """
+        opener = self._opener
+        while True:
+            while (record := opener.next_record()) is not None:
+                yield decode_cells(record)
+            try:
+                data = await self.stream.receive_some(RECEIVE_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            opener.feed(data)
+            if opener.buffered > MAX_RECORD + 2 * RECEIVE_CHUNK:
+                raise LinkError("peer sends faster than records complete")
+
+    async def aclose(self) -> None:
+        """Close the underlying stream."""
+        self.closed = True
+        self._wakeup.set()
+        await self.stream.aclose()
+
+
+def _binding(prk: bytes) -> bytes:
+    return kdf.expand(prk, b"link binding")
+
+
+async def initiate(
+    stream: trio.abc.Stream,
+    peer_identity: bytes,
+    peer_onion_key: bytes,
+    *,
+    own_identity: IdentityKey | None = None,
+) -> Link:
+    """Run the initiator side of the link handshake on a fresh stream.
+
+    Args:
+        stream: a connected stream to the peer.
+        peer_identity: the responder's identity key from the directory.
+        peer_onion_key: the responder's onion key from the directory.
+        own_identity: a relay's identity, to authenticate as a relay; None
+            for a client (which stays anonymous).
+
+    Raises:
+        HandshakeError: the peer does not hold the expected onion key.
+        EOFError: the peer closed during the handshake.
+    """
+    state = handshake.client_start_with_ephemeral(
+        handshake.LINK_LABEL, peer_identity, peer_onion_key, secrets.token_bytes(32)
+    )
+    reader = BufferedReader(stream)
+    with trio.fail_after(HANDSHAKE_TIMEOUT):
+        await stream.send_all(state.ephemeral_public)
+        reply = await reader.read_exactly(handshake.SERVER_MESSAGE_BYTES)
+    prk = handshake.client_finish(state, reply)
+    link = Link(
+        stream,
+        LinkKeys.from_prk(prk, initiator=True),
+        peer_identity=peer_identity,
+        binding=_binding(prk),
+        leftover=reader.take_buffered(),
+    )
+    if own_identity is not None:
+        proof = own_identity.sign(_AUTH_PREFIX + link.binding)
+        link.send(0, CellCommand.AUTHENTICATE, own_identity.public + proof)
+    return link
+
+
+async def respond(
+    stream: trio.abc.Stream, identity: IdentityKey, onion_keys: list[OnionKey]
+) -> Link:
+    """Run the responder side of the link handshake on an accepted stream.
+
+    Raises:
+        HandshakeError: a malformed or low-order handshake message.
+        EOFError: the peer closed during the handshake.
+        trio.TooSlowError: the peer did not finish in time.
+    """
+    reader = BufferedReader(stream)
+    with trio.fail_after(HANDSHAKE_TIMEOUT):
+        x = await reader.read_exactly(32)
+        message = identity.public + onion_keys[0].public + x
+        reply, prk = handshake.server_reply_with_ephemeral(
+            handshake.LINK_LABEL,
+            identity.public,
+            onion_keys,
+            message,
+            secrets.token_bytes(32),
+        )
+        await stream.send_all(reply)
+    return Link(
+        stream,
+        LinkKeys.from_prk(prk, initiator=False),
+        peer_identity=None,
+        binding=_binding(prk),
+        leftover=reader.take_buffered(),
+    )
+
+
+def check_authenticate(link: Link, body: bytes) -> bytes:
+    """Verify an AUTHENTICATE cell and return the peer relay's identity.
+
+    Raises:
+        HandshakeError: malformed, repeated, or a bad signature.
+    """
+    if link.peer_identity is not None:
+        raise HandshakeError("authenticate on an authenticated link")
+    if len(body) != 96:
+        raise HandshakeError("authenticate must be 96 bytes")
+    identity, proof = body[:32], body[32:]
+    if not ed25519_verify(identity, _AUTH_PREFIX + link.binding, proof):
+        raise HandshakeError("authenticate signature does not verify")
+    link.peer_identity = identity
+    return identity

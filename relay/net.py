@@ -1,0 +1,113 @@
+"""The transport interface the daemons use, and its TCP implementation.
+
+Relays, authorities and clients reach the network only through a ``Network``
+object, so simulations can hand them in-memory links instead of TCP.  This
+module also holds the few I/O helpers every shell shares.
+"""
+
+import logging
+import struct
+from datetime import UTC, datetime
+from typing import Final, Protocol
+
+import msgpack
+import trio
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_CHUNK: Final = 256 * 1024
+MAX_DIRECTORY_MESSAGE: Final = 8 * 1024 * 1024
+_LEN: Final = struct.Struct(">I")
+
+
+class Network(Protocol):
+    """How a node opens and accepts byte streams."""
+
+    async def connect(
+        self, host: str, port: int, *, local_address: str | None = None
+    ) -> trio.abc.Stream:
+        """Open a stream to host:port (optionally from local_address)."""
+        ...
+
+    async def listen(self, host: str, port: int) -> list[trio.SocketListener]:
+        """Listeners bound to host:port (port 0: any free port)."""
+        ...
+
+
+class TcpNetwork:
+    """The real network: trio TCP streams (TCP_NODELAY is trio's default)."""
+
+    async def connect(
+        self, host: str, port: int, *, local_address: str | None = None
+    ) -> trio.abc.Stream:
+        """Open a TCP connection, bound to ``local_address`` when given."""
+        return await trio.open_tcp_stream(host, port, local_address=local_address)
+
+    async def listen(self, host: str, port: int) -> list[trio.SocketListener]:
+        """TCP listeners on host:port."""
+        return await trio.open_tcp_listeners(port, host=host)
+
+
+def wall_clock() -> float:
+    """Seconds since the epoch, for signed documents' timestamps."""
+    return datetime.now(UTC).timestamp()
+
+
+def bound_port(listeners: list[trio.SocketListener]) -> int:
+    """The port the first listener is bound to."""
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+class BufferedReader:
+    """Reads exact byte counts from a stream, keeping what arrives early."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def read_exactly(self, n: int) -> bytes:
+        """Exactly n bytes.
+
+        Raises:
+            EOFError: the peer closed first.
+        """
+        while len(self._buffer) < n:
+            data = await self._stream.receive_some(RECEIVE_CHUNK)
+            if not data:
+                raise EOFError(f"peer closed after {len(self._buffer)} of {n} bytes")
+            self._buffer += data
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return out
+
+    def take_buffered(self) -> bytes:
+        """Whatever was read past the last ``read_exactly``."""
+        out = bytes(self._buffer)
+        self._buffer.clear()
+        return out
+
+
+async def send_message(stream: trio.abc.SendStream, message: object) -> None:
+    """Send one length-prefixed msgpack message (directory protocol)."""
+    body = msgpack.packb(message, use_bin_type=True)
+    await stream.send_all(_LEN.pack(len(body)) + body)
+
+
+async def receive_message(reader: BufferedReader) -> object:
+    """Receive one length-prefixed msgpack message.
+
+    Raises:
+        ValueError: oversized or malformed message.
+        EOFError: the peer closed first.
+    """
+    (length,) = _LEN.unpack(await reader.read_exactly(_LEN.size))
+    if length > MAX_DIRECTORY_MESSAGE:
+        raise ValueError(f"directory message of {length} bytes is too large")
+    try:
+        result: object = msgpack.unpackb(
+            await reader.read_exactly(length), raw=False, strict_map_key=True
+        )
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ValueError("malformed directory message") from exc
+    return result

@@ -1,0 +1,493 @@
+"""The relay daemon: accepts links, runs circuits, extends them, and exits.
+
+One task per link reads cells and handles each synchronously (peel, forward,
+deliver); the only things that wait are opening a link for an extension and
+exit connections, which run as tasks of their own in the node's nursery.
+"""
+
+import errno
+import logging
+import secrets
+from functools import partial
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+from hopchain.relay import dirclient
+from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.link import Link, check_authenticate, initiate, respond
+from hopchain.relay.net import Network, bound_port, wall_clock
+from hopchain.relay.pump import CreditSignal, StreamPump
+
+from hopchain import exitpolicy
+from hopchain.crypto import handshake
+from hopchain.crypto.keys import IdentityKey, OnionKey, fingerprint
+from hopchain.crypto.onion import HopKeys
+from hopchain.directory import Descriptor, sign_descriptor
+from hopchain.errors import (
+    DirectoryError,
+    HandshakeError,
+    LinkError,
+    ProtocolError,
+    StreamError,
+)
+from hopchain.messages import Begin, Connected, Data, End, EndReason, Extend, Sendme
+from hopchain.relaycircuit import Deliver, Forward, RelayCircuit
+from hopchain.wire import Cell, CellCommand
+
+logger = logging.getLogger(__name__)
+
+EXTEND_TIMEOUT: Final = 15.0
+CONNECT_TIMEOUT: Final = 20.0
+PUBLISH_RETRY: Final = 2.0
+
+
+@dataclass
+class RelayConfig:
+    """Everything a relay needs to run (from the CLI or a test)."""
+
+    nickname: str
+    address: str
+    port: int = 0
+    authorities: list[AuthorityAddress] = field(default_factory=list)
+    exit: bool = False
+    exit_ports: tuple[tuple[int, int], ...] = ((1, 65535),)
+    test_network: bool = False
+    bandwidth: int = 10_000_000
+    country: str = ""
+    publish_interval: float = 600.0
+
+
+@dataclass(eq=False)
+class _Circuit:
+    """A circuit as the relay shell sees it: core state plus its two links."""
+
+    core: RelayCircuit
+    prev: Link
+    prev_id: int
+    next: Link | None = None
+    next_id: int = 0
+    pumps: dict[int, StreamPump] = field(default_factory=dict)
+    connecting: dict[int, trio.CancelScope] = field(default_factory=dict)
+    credit: CreditSignal = field(default_factory=CreditSignal)
+    closed: bool = False
+
+
+class RelayNode:
+    """A relay (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        identity: IdentityKey,
+        onion_key: OnionKey,
+        network: Network,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.onion_keys = [onion_key]
+        self.network = network
+        self.port = config.port
+        self._by_prev: dict[tuple[Link, int], _Circuit] = {}
+        self._by_next: dict[tuple[Link, int], _Circuit] = {}
+        self._out_links: dict[bytes, Link] = {}
+        self._link_locks: dict[bytes, trio.Lock] = {}
+        self._nursery: trio.Nursery | None = None
+        self.published = trio.Event()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, publish to the authorities, and relay until cancelled."""
+        listeners = await self.network.listen(self.config.address, self.config.port)
+        self.port = bound_port(listeners)
+        logger.info(
+            "relay %s (%s) listening on port %d%s",
+            self.config.nickname,
+            fingerprint(self.identity.public),
+            self.port,
+            " as an exit" if self.config.exit else "",
+        )
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            if self.config.authorities:
+                nursery.start_soon(self._publish_loop)
+            task_status.started(self.port)
+
+    def descriptor(self) -> bytes:
+        """This relay's signed descriptor, published now."""
+        desc = Descriptor(
+            nickname=self.config.nickname,
+            identity=self.identity.public,
+            onion_key=self.onion_keys[0].public,
+            address=self.config.address,
+            or_port=self.port,
+            bandwidth=self.config.bandwidth,
+            exit_ports=self.config.exit_ports if self.config.exit else (),
+            family=(),
+            country=self.config.country,
+            published=wall_clock(),
+            test_network=self.config.test_network,
+        )
+        return sign_descriptor(desc, self.identity.sign)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            ok = 0
+            for authority in self.config.authorities:
+                try:
+                    await dirclient.publish(self.network, authority, self.descriptor())
+                    ok += 1
+                except DirectoryError as exc:
+                    logger.warning(
+                        "publishing to %s:%d failed: %s",
+                        authority.host,
+                        authority.port,
+                        exc,
+                    )
+            if ok:
+                if not self.published.is_set():
+                    logger.info("descriptor published to %d authorities", ok)
+                self.published.set()
+                await trio.sleep(self.config.publish_interval)
+            else:
+                await trio.sleep(PUBLISH_RETRY)
+
+    # --- links -------------------------------------------------------------
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        try:
+            link = await respond(stream, self.identity, self.onion_keys)
+        except (
+            HandshakeError,
+            EOFError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+        ) as exc:
+            logger.debug("inbound link handshake failed: %s", exc)
+            await stream.aclose()
+            return
+        await self._run_link(link, inbound=True)
+
+    async def _run_link(self, link: Link, *, inbound: bool) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(link.run_writer)
+                try:
+                    async for cells in link.receive_cells():
+                        for cell in cells:
+                            self._handle_cell(link, cell, inbound=inbound)
+                except LinkError as exc:
+                    logger.warning("closing a link: %s", exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            link.closed = True
+            for key, circuit in list(self._by_prev.items()) + list(
+                self._by_next.items()
+            ):
+                if key[0] is link:
+                    self._teardown(circuit, notify_source=link)
+            if self._out_links.get(link.peer_identity or b"") is link:
+                del self._out_links[link.peer_identity or b""]
+            with trio.CancelScope(shield=True):
+                await link.aclose()
+
+    async def _get_link(
+        self, identity: bytes, onion_key: bytes, host: str, port: int
+    ) -> Link:
+        lock = self._link_locks.setdefault(identity, trio.Lock())
+        async with lock:
+            link = self._out_links.get(identity)
+            if link is not None and not link.closed:
+                return link
+            stream = await self.network.connect(
+                host, port, local_address=self.config.address
+            )
+            try:
+                link = await initiate(
+                    stream, identity, onion_key, own_identity=self.identity
+                )
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            self._out_links[identity] = link
+            assert self._nursery is not None
+            self._nursery.start_soon(partial(self._run_link, link, inbound=False))
+            return link
+
+    # --- cells -------------------------------------------------------------
+
+    def _handle_cell(self, link: Link, cell: Cell, *, inbound: bool) -> None:
+        key = (link, cell.circ_id)
+        command = cell.command
+        if command is CellCommand.RELAY or command is CellCommand.RELAY_EARLY:
+            circuit = self._by_prev.get(key)
+            if circuit is not None:
+                self._forward(circuit, cell)
+                return
+            circuit = self._by_next.get(key)
+            if circuit is not None:
+                self._backward(circuit, cell.body)
+            return
+        if command is CellCommand.CREATE:
+            if not inbound or key in self._by_prev:
+                raise LinkError("create on an outbound link or a used circuit id")
+            self._create(link, cell)
+        elif command is CellCommand.CREATED:
+            circuit = self._by_next.get(key)
+            if circuit is not None:
+                self._created(circuit, cell.body)
+        elif command is CellCommand.DESTROY:
+            circuit = self._by_prev.get(key) or self._by_next.get(key)
+            if circuit is not None:
+                self._teardown(circuit, notify_source=link)
+        elif command is CellCommand.AUTHENTICATE:
+            if not inbound:
+                raise LinkError("authenticate from a responder")
+            try:
+                check_authenticate(link, cell.body)
+            except HandshakeError as exc:
+                raise LinkError(str(exc)) from exc
+
+    def _create(self, link: Link, cell: Cell) -> None:
+        try:
+            reply, prk = handshake.server_reply_with_ephemeral(
+                handshake.CIRCUIT_LABEL,
+                self.identity.public,
+                self.onion_keys,
+                cell.body,
+                secrets.token_bytes(32),
+            )
+        except HandshakeError as exc:
+            logger.warning("refusing a create: %s", exc)
+            link.send(cell.circ_id, CellCommand.DESTROY, bytes([EndReason.PROTOCOL]))
+            return
+        core = RelayCircuit(
+            HopKeys.from_prk(prk), self.identity.public, link.peer_identity
+        )
+        self._by_prev[(link, cell.circ_id)] = _Circuit(core, link, cell.circ_id)
+        link.send(cell.circ_id, CellCommand.CREATED, reply)
+
+    def _forward(self, circuit: _Circuit, cell: Cell) -> None:
+        try:
+            result = circuit.core.forward(
+                cell.body, early=cell.command is CellCommand.RELAY_EARLY
+            )
+            if isinstance(result, Forward):
+                assert circuit.next is not None
+                if not circuit.next.send(circuit.next_id, cell.command, result.body):
+                    raise ProtocolError("circuit queue full: flow control ignored")
+            elif isinstance(result, Deliver):
+                self._deliver(circuit, result.message)
+        except ProtocolError as exc:
+            logger.warning("destroying a circuit: %s", exc)
+            self._teardown(circuit)
+
+    def _backward(self, circuit: _Circuit, body: bytes) -> None:
+        try:
+            self._send_back(circuit, [circuit.core.backward(body)])
+        except ProtocolError as exc:
+            logger.warning("destroying a circuit: %s", exc)
+            self._teardown(circuit)
+
+    def _send_back(self, circuit: _Circuit, bodies: list[bytes]) -> None:
+        for body in bodies:
+            if not circuit.prev.send(circuit.prev_id, CellCommand.RELAY, body):
+                raise ProtocolError("circuit queue full: flow control ignored")
+
+    def _sender(self, circuit: _Circuit) -> Callable[[list[bytes]], None]:
+        def send(bodies: list[bytes]) -> None:
+            if circuit.closed:
+                return
+            try:
+                self._send_back(circuit, bodies)
+            except ProtocolError as exc:
+                logger.warning("destroying a circuit: %s", exc)
+                self._teardown(circuit)
+
+        return send
+
+    def _teardown(self, circuit: _Circuit, notify_source: Link | None = None) -> None:
+        if circuit.closed:
+            return
+        circuit.closed = True
+        self._by_prev.pop((circuit.prev, circuit.prev_id), None)
+        circuit.prev.forget_circuit(circuit.prev_id)
+        destroy = bytes([EndReason.DESTROYED])
+        if circuit.prev is not notify_source:
+            circuit.prev.send(circuit.prev_id, CellCommand.DESTROY, destroy)
+        if circuit.next is not None:
+            self._by_next.pop((circuit.next, circuit.next_id), None)
+            circuit.next.forget_circuit(circuit.next_id)
+            if circuit.next is not notify_source:
+                circuit.next.send(circuit.next_id, CellCommand.DESTROY, destroy)
+        for pump in circuit.pumps.values():
+            pump.abort()
+        for scope in circuit.connecting.values():
+            scope.cancel()
+        circuit.credit.fire()
+
+    # --- messages for this hop ------------------------------------------------
+
+    def _deliver(self, circuit: _Circuit, message: object) -> None:
+        assert self._nursery is not None
+        match message:
+            case Extend():
+                self._nursery.start_soon(self._extend, circuit, message)
+            case Begin(stream_id=sid):
+                if not self.config.exit:
+                    self._sender(circuit)(
+                        circuit.core.end_stream(sid, EndReason.EXIT_POLICY)
+                    )
+                    return
+                self._nursery.start_soon(self._exit_stream, circuit, message)
+            case Data(stream_id=sid, data=data):
+                pump = circuit.pumps.get(sid)
+                if pump is None:
+                    raise ProtocolError("data before connected")
+                pump.deliver(data)
+            case End(stream_id=sid, reason=reason):
+                pump = circuit.pumps.get(sid)
+                if pump is not None:
+                    if reason == EndReason.DONE:
+                        pump.remote_end()
+                    else:
+                        pump.abort()
+                scope = circuit.connecting.get(sid)
+                if scope is not None:
+                    scope.cancel()
+            case Sendme():
+                circuit.credit.fire()
+
+    async def _extend(self, circuit: _Circuit, message: Extend) -> None:
+        try:
+            with trio.fail_after(EXTEND_TIMEOUT):
+                link = await self._get_link(
+                    message.identity, message.onion_key, message.host, message.port
+                )
+        except (
+            OSError,
+            HandshakeError,
+            EOFError,
+            trio.TooSlowError,
+            trio.BrokenResourceError,
+        ) as exc:
+            logger.info("extend failed: %s", type(exc).__name__)
+            if not circuit.closed:
+                self._sender(circuit)(
+                    [circuit.core.extend_failed(EndReason.CONNECT_REFUSED)]
+                )
+            return
+        if circuit.closed:
+            return
+        circ_id = self._new_circ_id(link)
+        circuit.next, circuit.next_id = link, circ_id
+        self._by_next[(link, circ_id)] = circuit
+        link.send(circ_id, CellCommand.CREATE, message.handshake)
+
+    def _created(self, circuit: _Circuit, reply: bytes) -> None:
+        try:
+            self._send_back(circuit, [circuit.core.extended(reply)])
+        except ProtocolError as exc:
+            logger.warning("destroying a circuit: %s", exc)
+            self._teardown(circuit)
+
+    def _new_circ_id(self, link: Link) -> int:
+        while True:
+            circ_id = secrets.randbits(32) or 1
+            if (link, circ_id) not in self._by_next:
+                return circ_id
+
+    # --- exit ----------------------------------------------------------------
+
+    async def _exit_stream(self, circuit: _Circuit, begin: Begin) -> None:
+        sid = begin.stream_id
+        send = self._sender(circuit)
+        with trio.CancelScope() as scope:
+            circuit.connecting[sid] = scope
+            try:
+                socket, address = await self._exit_connect(begin.host, begin.port)
+            except StreamError as exc:
+                logger.info("exit stream refused: %s", exc)
+                send(circuit.core.end_stream(sid, EndReason(exc.reason)))
+                return
+            finally:
+                circuit.connecting.pop(sid, None)
+        if scope.cancelled_caught or circuit.closed:
+            if not scope.cancelled_caught:
+                await socket.aclose()
+            return
+        pump = StreamPump(sid, socket, circuit.core, send, circuit.credit)
+        circuit.pumps[sid] = pump
+        send([circuit.core.originate(Connected(sid, address))])
+        try:
+            await pump.run()
+        finally:
+            circuit.pumps.pop(sid, None)
+
+    async def _exit_connect(self, host: str, port: int) -> tuple[trio.abc.Stream, str]:
+        """Resolve host here, check every address against policy, connect.
+
+        Raises:
+            StreamError: with the END reason to send back.
+        """
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                try:
+                    infos = await trio.socket.getaddrinfo(
+                        host, port, type=trio.socket.SOCK_STREAM
+                    )
+                except trio.socket.gaierror as exc:
+                    raise StreamError(
+                        "name did not resolve", EndReason.RESOLVE_FAILED
+                    ) from exc
+                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+                allowed = [
+                    a
+                    for a in addresses
+                    if exitpolicy.destination_allowed(
+                        a,
+                        port,
+                        test_network=self.config.test_network,
+                        own_addresses=[self.config.address],
+                        own_ports=[self.port],
+                    )
+                ]
+                if not allowed:
+                    raise StreamError(
+                        "exit policy refuses the destination", EndReason.EXIT_POLICY
+                    )
+                last: OSError | None = None
+                for address in allowed:
+                    local = self.config.address if ":" not in address else None
+                    if ":" in self.config.address:
+                        local = self.config.address if ":" in address else None
+                    try:
+                        stream = await self.network.connect(
+                            address, port, local_address=local
+                        )
+                    except OSError as exc:
+                        last = exc
+                        continue
+                    return stream, address
+        except trio.TooSlowError as exc:
+            raise StreamError("connect timed out", EndReason.TIMEOUT) from exc
+        raise StreamError("connect failed", _reason_for(last))
+
+
+def _reason_for(exc: OSError | None) -> EndReason:
+    code = getattr(exc, "errno", None)
+    if exc is not None and code is None:
+        # trio.open_tcp_stream wraps per-address failures in an OSError group.
+        causes = [c for c in getattr(exc, "exceptions", ()) if isinstance(c, OSError)]
+        code = causes[0].errno if causes else None
+    return {
+        errno.ECONNREFUSED: EndReason.CONNECT_REFUSED,
+        errno.ENETUNREACH: EndReason.NET_UNREACHABLE,
+        errno.EHOSTUNREACH: EndReason.HOST_UNREACHABLE,
+        errno.ETIMEDOUT: EndReason.TIMEOUT,
+    }.get(code or 0, EndReason.MISC)
