@@ -25,7 +25,6 @@ from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import (
     CircuitError,
     HandshakeError,
-    LinkError,
     ProtocolError,
     StreamError,
 )
@@ -273,7 +272,7 @@ class CircuitManager:
                     async for cells in link.receive_cells():
                         for cell in cells:
                             self._handle_cell(link, cell)
-                except LinkError as exc:
+                except ProtocolError as exc:
                     logger.warning("closing the link to a guard: %s", exc)
                 nursery.cancel_scope.cancel()
         finally:

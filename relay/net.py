@@ -33,6 +33,14 @@ class Network(Protocol):
         """Listeners bound to host:port (port 0: any free port)."""
         ...
 
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """The addresses ``host`` resolves to (an IP literal: itself).
+
+        Raises:
+            OSError: the name does not resolve (socket.gaierror).
+        """
+        ...
+
 
 class TcpNetwork:
     """The real network: trio TCP streams (TCP_NODELAY is trio's default)."""
@@ -46,6 +54,11 @@ class TcpNetwork:
     async def listen(self, host: str, port: int) -> list[trio.SocketListener]:
         """TCP listeners on host:port."""
         return await trio.open_tcp_listeners(port, host=host)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Resolve with the system resolver, keeping its order."""
+        infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def wall_clock() -> float:

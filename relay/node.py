@@ -8,10 +8,10 @@ exit connections, which run as tasks of their own in the node's nursery.
 import errno
 import logging
 import secrets
-from functools import partial
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from functools import partial
+from typing import Any, Final
 
 import trio
 from hopchain.relay import dirclient
@@ -181,7 +181,7 @@ class RelayNode:
                     async for cells in link.receive_cells():
                         for cell in cells:
                             self._handle_cell(link, cell, inbound=inbound)
-                except LinkError as exc:
+                except ProtocolError as exc:
                     logger.warning("closing a link: %s", exc)
                 nursery.cancel_scope.cancel()
         finally:
@@ -337,14 +337,16 @@ class RelayNode:
         assert self._nursery is not None
         match message:
             case Extend():
-                self._nursery.start_soon(self._extend, circuit, message)
+                self._nursery.start_soon(self._guarded, circuit, self._extend, message)
             case Begin(stream_id=sid):
                 if not self.config.exit:
                     self._sender(circuit)(
                         circuit.core.end_stream(sid, EndReason.EXIT_POLICY)
                     )
                     return
-                self._nursery.start_soon(self._exit_stream, circuit, message)
+                self._nursery.start_soon(
+                    self._guarded, circuit, self._exit_stream, message
+                )
             case Data(stream_id=sid, data=data):
                 pump = circuit.pumps.get(sid)
                 if pump is None:
@@ -362,6 +364,19 @@ class RelayNode:
                     scope.cancel()
             case Sendme():
                 circuit.credit.fire()
+
+    async def _guarded(
+        self,
+        circuit: _Circuit,
+        work: Callable[[_Circuit, Any], Awaitable[None]],
+        message: Any,
+    ) -> None:
+        """Run one circuit's task; a bug in it ends that circuit, not the relay."""
+        try:
+            await work(circuit, message)
+        except Exception:
+            logger.exception("bug in a circuit task; destroying the circuit")
+            self._teardown(circuit)
 
     async def _extend(self, circuit: _Circuit, message: Extend) -> None:
         try:
@@ -410,7 +425,7 @@ class RelayNode:
         with trio.CancelScope() as scope:
             circuit.connecting[sid] = scope
             try:
-                socket, address = await self._exit_connect(begin.host, begin.port)
+                socket, address = await self.connect_to_destination(begin.host, begin.port)
             except StreamError as exc:
                 logger.info("exit stream refused: %s", exc)
                 send(circuit.core.end_stream(sid, EndReason(exc.reason)))
@@ -429,7 +444,7 @@ class RelayNode:
         finally:
             circuit.pumps.pop(sid, None)
 
-    async def _exit_connect(self, host: str, port: int) -> tuple[trio.abc.Stream, str]:
+    async def connect_to_destination(self, host: str, port: int) -> tuple[trio.abc.Stream, str]:
         """Resolve host here, check every address against policy, connect.
 
         Raises:
@@ -438,14 +453,11 @@ class RelayNode:
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 try:
-                    infos = await trio.socket.getaddrinfo(
-                        host, port, type=trio.socket.SOCK_STREAM
-                    )
-                except trio.socket.gaierror as exc:
+                    addresses = await self.network.resolve(host, port)
+                except OSError as exc:
                     raise StreamError(
                         "name did not resolve", EndReason.RESOLVE_FAILED
                     ) from exc
-                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
                 allowed = [
                     a
                     for a in addresses
@@ -480,11 +492,14 @@ class RelayNode:
 
 
 def _reason_for(exc: OSError | None) -> EndReason:
+    """The END reason for a failed connect (trio wraps per-address errors)."""
     code = getattr(exc, "errno", None)
-    if exc is not None and code is None:
-        # trio.open_tcp_stream wraps per-address failures in an OSError group.
-        causes = [c for c in getattr(exc, "exceptions", ()) if isinstance(c, OSError)]
+    cause = exc.__cause__ if exc is not None else None
+    if code is None and isinstance(cause, BaseExceptionGroup):
+        causes = [c for c in cause.exceptions if isinstance(c, OSError)]
         code = causes[0].errno if causes else None
+    elif code is None and isinstance(cause, OSError):
+        code = cause.errno
     return {
         errno.ECONNREFUSED: EndReason.CONNECT_REFUSED,
         errno.ENETUNREACH: EndReason.NET_UNREACHABLE,

@@ -96,27 +96,28 @@ class StreamPump:
 
     async def run(self, early_data: bytes = b"") -> None:
         """Copy both ways until both halves are closed or the stream aborts."""
-        with self._cancel:
-            if early_data:
-                await self._upload(early_data)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._upstream)
-                nursery.start_soon(self._downstream)
-        if self._cancel.cancelled_caught:
-            self._send(self._circuit.end_stream(self.stream_id, EndReason.DESTROYED))
-        with trio.move_on_after(1) as scope:
-            scope.shield = True
-            await self._socket.aclose()
+        try:
+            with self._cancel:
+                if early_data:
+                    await self._upload(early_data)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._upstream)
+                    nursery.start_soon(self._downstream)
+            if self._cancel.cancelled_caught:
+                self._send(self._circuit.end_stream(self.stream_id, EndReason.DESTROYED))
+        finally:
+            with trio.move_on_after(1) as scope:
+                scope.shield = True
+                await self._socket.aclose()
 
     async def _upload(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
+        """Send ``data`` as the windows allow (other streams share the circuit's)."""
+        while data:
             allowed = self._circuit.sendable(self.stream_id)
             if allowed <= 0:
                 await self._credit.wait()
                 continue
-            chunk = bytes(view[:allowed])
-            view = view[allowed:]
+            chunk, data = data[:allowed], data[allowed:]
             self._send(self._circuit.send_data(self.stream_id, chunk))
 
     async def _upstream(self) -> None:
@@ -136,7 +137,7 @@ class StreamPump:
             if not data:
                 self._send(circuit.end_stream(sid, EndReason.DONE))
                 return
-            self._send(circuit.send_data(sid, data))
+            await self._upload(data)
 
     async def _downstream(self) -> None:
         sid = self.stream_id

@@ -1,0 +1,128 @@
+"""A whole hopchain network in the test process, on loopback addresses.
+
+One authority on 127.0.0.1, five relays on 127.0.0.2-6 (the last two are
+exits) and a client with its SOCKS5 port, plus an *origin* server that tells
+each connection which peer address it saw.  The origin speaks a tiny line
+protocol so tests can check every byte:
+
+    ECHO\\n      -> "peer <ip>\\n", then echoes; on EOF sends "closed\\n" and closes
+    BYTES <n>\\n -> n bytes of ``pattern(n)``, then closes
+"""
+
+import functools
+import hashlib
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from hopchain.client.node import ClientConfig, ClientNode
+from hopchain.crypto.keys import IdentityKey, OnionKey
+from hopchain.relay.authority import AuthorityNode
+from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.net import BufferedReader, TcpNetwork
+from hopchain.relay.node import RelayConfig, RelayNode
+
+RELAYS = 5
+EXITS = 2
+
+
+def seed(label: str) -> bytes:
+    """A deterministic 32-byte secret for test keys."""
+    return hashlib.blake2b(label.encode(), digest_size=32).digest()
+
+
+def pattern(n: int) -> bytes:
+    """The origin's deterministic body of n bytes."""
+    block = hashlib.sha256(b"hopchain origin").digest() * 2048
+    return (block * (n // len(block) + 1))[:n]
+
+
+async def _origin_handler(stream: trio.SocketStream) -> None:
+    async with stream:
+        reader = BufferedReader(stream)
+        line = b""
+        while not line.endswith(b"\n") and len(line) < 100:
+            line += await reader.read_exactly(1)
+        command = line.decode().split()
+        if command[0] == "ECHO":
+            peer = stream.socket.getpeername()[0]
+            await stream.send_all(f"peer {peer}\n".encode())
+            pending = reader.take_buffered()
+            if pending:
+                await stream.send_all(pending)
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+            await stream.send_all(b"closed\n")
+        elif command[0] == "BYTES":
+            body = pattern(int(command[1]))
+            for i in range(0, len(body), 1 << 20):
+                await stream.send_all(body[i : i + (1 << 20)])
+
+
+@dataclass
+class LoopbackNet:
+    """Handles on a running in-process network."""
+
+    authority: AuthorityNode
+    relays: list[RelayNode]
+    client: ClientNode
+    origin_port: int
+
+    @property
+    def socks_port(self) -> int:
+        return self.client.socks_port
+
+    @property
+    def exit_addresses(self) -> set[str]:
+        return {r.config.address for r in self.relays if r.config.exit}
+
+    @property
+    def authority_address(self) -> AuthorityAddress:
+        return AuthorityAddress("127.0.0.1", self.authority.port, self.authority.identity.public)
+
+
+async def start_testnet(nursery: trio.Nursery) -> LoopbackNet:
+    """Start authority, relays, origin and client; return when SOCKS is up."""
+    network = TcpNetwork()
+    authority = AuthorityNode(
+        IdentityKey(seed("authority")), "127.0.0.1", 0, network, test_network=True
+    )
+    await nursery.start(authority.serve)
+    pinned = AuthorityAddress("127.0.0.1", authority.port, authority.identity.public)
+    relays = []
+    for i in range(RELAYS):
+        config = RelayConfig(
+            nickname=f"relay{i}",
+            address=f"127.0.0.{2 + i}",
+            authorities=[pinned],
+            exit=i >= RELAYS - EXITS,
+            test_network=True,
+        )
+        node = RelayNode(
+            config, IdentityKey(seed(f"id{i}")), OnionKey(seed(f"onion{i}")), network
+        )
+        await nursery.start(node.serve)
+        relays.append(node)
+    for node in relays:
+        await node.published.wait()
+    origin = await nursery.start(
+        functools.partial(trio.serve_tcp, _origin_handler, 0, host="127.0.0.1")
+    )
+    origin_port = origin[0].socket.getsockname()[1]
+    client = ClientNode(
+        ClientConfig(authorities=[pinned], socks_port=0, test_network=True, bootstrap_timeout=30),
+        network,
+        random.Random(1),
+    )
+    await nursery.start(client.serve)
+    return LoopbackNet(authority, relays, client, origin_port)
+
+
+@pytest.fixture
+async def testnet(nursery: trio.Nursery) -> AsyncIterator[LoopbackNet]:
+    with trio.fail_after(60):
+        net = await start_testnet(nursery)
+    yield net

@@ -1,0 +1,166 @@
+"""End to end: real clients through a whole network on loopback."""
+
+import hashlib
+import os
+import socket
+
+import pytest
+import socks
+import trio
+
+from hopchain.errors import DirectoryError
+from hopchain.client.node import ClientConfig, ClientNode
+from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.net import TcpNetwork
+
+from .conftest import LoopbackNet, pattern
+
+pytestmark = pytest.mark.trio
+
+
+def _socks_socket(net: LoopbackNet, timeout: float = 20) -> socks.socksocket:
+    sock = socks.socksocket()
+    sock.set_proxy(socks.SOCKS5, "127.0.0.1", net.socks_port, rdns=True)
+    sock.settimeout(timeout)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(1 << 20):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def _echo_session(net: LoopbackNet, host: str) -> tuple[str, bytes]:
+    """ECHO through the proxy with a half-close; returns (peer, the rest)."""
+    with _socks_socket(net) as sock:
+        sock.connect((host, net.origin_port))
+        sock.sendall(b"ECHO\nhello through three hops")
+        sock.shutdown(socket.SHUT_WR)
+        data = _read_all(sock)
+    first, _, rest = data.partition(b"\n")
+    return first.decode().split()[1], rest
+
+
+def _download(net: LoopbackNet, size: int) -> bytes:
+    with _socks_socket(net, timeout=60) as sock:
+        sock.connect(("127.0.0.1", net.origin_port))
+        sock.sendall(f"BYTES {size}\n".encode())
+        return _read_all(sock)
+
+
+async def test_pysocks_reaches_origin_from_an_exit_address(testnet: LoopbackNet) -> None:
+    with trio.fail_after(30):
+        peer, rest = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+    assert peer in testnet.exit_addresses
+    assert peer != "127.0.0.1"
+    # The client half-closed its side and still read the echo and the close.
+    assert rest == b"hello through three hopsclosed\n"
+
+
+async def test_domain_name_is_resolved_by_the_exit(testnet: LoopbackNet) -> None:
+    with trio.fail_after(30):
+        peer, rest = await trio.to_thread.run_sync(_echo_session, testnet, "localhost")
+    assert peer in testnet.exit_addresses
+    assert rest.endswith(b"closed\n")
+
+
+async def test_bulk_download_arrives_intact(testnet: LoopbackNet) -> None:
+    size = 8 * 1024 * 1024 + 12345
+    with trio.fail_after(60):
+        body = await trio.to_thread.run_sync(_download, testnet, size)
+    assert hashlib.sha256(body).digest() == hashlib.sha256(pattern(size)).digest()
+
+
+async def test_32_concurrent_streams_complete(testnet: LoopbackNet) -> None:
+    size = 256 * 1024
+    expected = hashlib.sha256(pattern(size)).digest()
+    results: list[bytes] = []
+
+    async def one() -> None:
+        body = await trio.to_thread.run_sync(_download, testnet, size)
+        results.append(hashlib.sha256(body).digest())
+
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            for _ in range(32):
+                nursery.start_soon(one)
+    assert results == [expected] * 32
+
+
+async def _raw_socks(net: LoopbackNet, payload: bytes) -> bytes:
+    """Send raw bytes to the SOCKS port; return what came back before close."""
+    stream = await trio.open_tcp_stream("127.0.0.1", net.socks_port)
+    async with stream:
+        await stream.send_all(payload)
+        received = b""
+        with trio.move_on_after(10):
+            while data := await stream.receive_some(1024):
+                received += data
+        return received
+
+
+async def test_malformed_socks_requests_get_errors_and_service_continues(
+    testnet: LoopbackNet,
+) -> None:
+    with trio.fail_after(60):
+        # Not SOCKS5 at all: closed without a reply.
+        assert await _raw_socks(testnet, b"GET / HTTP/1.1\r\n\r\n") == b""
+        # No acceptable method.
+        assert await _raw_socks(testnet, b"\x05\x01\x80") == b"\x05\xff"
+        # BIND: command not supported (7).
+        reply = await _raw_socks(testnet, b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50")
+        assert reply[:2] == b"\x05\x00"
+        assert reply[2:4] == b"\x05\x07"
+        # Unknown address type: 8.
+        reply = await _raw_socks(testnet, b"\x05\x01\x00\x05\x01\x00\x09\x00\x00")
+        assert reply[2:4] == b"\x05\x08"
+        # Port 0 to a real host: general failure.
+        reply = await _raw_socks(testnet, b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x00")
+        assert reply[2:4] == b"\x05\x01"
+        peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+    assert peer in testnet.exit_addresses
+
+
+async def test_refused_port_maps_to_socks_connection_refused(testnet: LoopbackNet) -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    closed_port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+
+    def attempt() -> None:
+        with _socks_socket(testnet) as sock:
+            sock.connect(("127.0.0.1", closed_port))
+
+    with trio.fail_after(30), pytest.raises(socks.GeneralProxyError) as info:
+        await trio.to_thread.run_sync(attempt)
+    assert "Connection refused" in str(info.value)
+
+
+async def test_garbage_to_a_relay_closes_only_that_link(testnet: LoopbackNet) -> None:
+    relay = testnet.relays[0]
+    with trio.fail_after(30):
+        stream = await trio.open_tcp_stream(relay.config.address, relay.port)
+        async with stream:
+            await stream.send_all(os.urandom(32))  # a "handshake" X
+            await stream.receive_some(64)
+            await stream.send_all(os.urandom(4096))  # records with bad tags
+            with trio.move_on_after(10):
+                while await stream.receive_some(4096):
+                    pass
+                closed = True
+        assert closed
+        peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+    assert peer in testnet.exit_addresses
+
+
+async def test_client_refuses_a_consensus_from_an_unpinned_key(testnet: LoopbackNet) -> None:
+    wrong = AuthorityAddress("127.0.0.1", testnet.authority.port, bytes(32))
+    client = ClientNode(
+        ClientConfig(authorities=[wrong], socks_port=0, test_network=True),
+        TcpNetwork(),
+        __import__("random").Random(2),
+    )
+    with trio.fail_after(30), pytest.raises(DirectoryError, match="signed by 0 of the pinned"):
+        await client.fetch_consensus()
