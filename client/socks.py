@@ -54,10 +54,7 @@ async def handle_socks(stream: trio.abc.Stream, manager: CircuitManager) -> None
         except Socks5Error as exc:
             logger.info("bad socks request: %s", exc)
             if exc.reply_code is not None:
-                try:
-                    await stream.send_all(encode_reply(Reply(exc.reply_code)))
-                except trio.BrokenResourceError:
-                    pass
+                await _reply(stream, Reply(exc.reply_code))
             return
         except trio.TooSlowError:
             logger.info("socks handshake timed out")

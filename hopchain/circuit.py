@@ -131,7 +131,8 @@ class ClientCircuit:
         self.state = CircuitState.BUILDING
 
     def _finish(self, reply: bytes) -> None:
-        assert self._pending is not None and self._pending_spec is not None
+        assert self._pending is not None
+        assert self._pending_spec is not None
         prk = handshake.client_finish(self._pending, reply)
         self.hops.append(HopKeys.from_prk(prk))
         self.path.append(self._pending_spec)

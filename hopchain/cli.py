@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-dir",
         type=Path,
-        help="where keys and logs go (default: a fresh temporary directory, removed on exit)",
+        help="keys and logs (default: a new temporary directory, removed on exit)",
     )
     _add_common(demo)
 

@@ -253,9 +253,13 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
         if not (isinstance(item, list) and len(item) == 2):
             continue
         key, sig = item
-        if isinstance(key, bytes) and key in pinned and isinstance(sig, bytes):
-            if ed25519_verify(key, message, sig):
-                signers.add(key)
+        if (
+            isinstance(key, bytes)
+            and key in pinned
+            and isinstance(sig, bytes)
+            and ed25519_verify(key, message, sig)
+        ):
+            signers.add(key)
     needed = len(set(pinned)) // 2 + 1
     if len(signers) < needed:
         raise DirectoryError(

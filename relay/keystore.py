@@ -43,7 +43,9 @@ def load_or_create_secret(path: Path) -> bytes:
             ) from None
         data = path.read_bytes()
         if len(data) != 32:
-            raise ConfigError(f"key file {path} must hold 32 bytes, not {len(data)}")
+            raise ConfigError(
+                f"key file {path} must hold 32 bytes, not {len(data)}"
+            ) from None
         return data
     secret = secrets.token_bytes(32)
     with os.fdopen(fd, "wb") as f:

@@ -425,7 +425,9 @@ class RelayNode:
         with trio.CancelScope() as scope:
             circuit.connecting[sid] = scope
             try:
-                socket, address = await self.connect_to_destination(begin.host, begin.port)
+                socket, address = await self.connect_to_destination(
+                    begin.host, begin.port
+                )
             except StreamError as exc:
                 logger.info("exit stream refused: %s", exc)
                 send(circuit.core.end_stream(sid, EndReason(exc.reason)))
@@ -444,7 +446,9 @@ class RelayNode:
         finally:
             circuit.pumps.pop(sid, None)
 
-    async def connect_to_destination(self, host: str, port: int) -> tuple[trio.abc.Stream, str]:
+    async def connect_to_destination(
+        self, host: str, port: int
+    ) -> tuple[trio.abc.Stream, str]:
         """Resolve host here, check every address against policy, connect.
 
         Raises:

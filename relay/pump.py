@@ -14,6 +14,7 @@ link reader, which never blocks; the buffer they fill is bounded by the
 receive window that the core enforces.
 """
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -104,7 +105,9 @@ class StreamPump:
                     nursery.start_soon(self._upstream)
                     nursery.start_soon(self._downstream)
             if self._cancel.cancelled_caught:
-                self._send(self._circuit.end_stream(self.stream_id, EndReason.DESTROYED))
+                self._send(
+                    self._circuit.end_stream(self.stream_id, EndReason.DESTROYED)
+                )
         finally:
             with trio.move_on_after(1) as scope:
                 scope.shield = True
@@ -155,10 +158,10 @@ class StreamPump:
                 continue
             if self._remote_done:
                 if isinstance(self._socket, trio.abc.HalfCloseableStream):
-                    try:
+                    with contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError
+                    ):
                         await self._socket.send_eof()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        pass
                 return
             self._inbound_ready = trio.Event()
             await self._inbound_ready.wait()

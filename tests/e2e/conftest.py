@@ -12,18 +12,17 @@ protocol so tests can check every byte:
 import functools
 import hashlib
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 import trio
-
 from hopchain.client.node import ClientConfig, ClientNode
-from hopchain.crypto.keys import IdentityKey, OnionKey
 from hopchain.relay.authority import AuthorityNode
 from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.net import BufferedReader, TcpNetwork
 from hopchain.relay.node import RelayConfig, RelayNode
+
+from hopchain.crypto.keys import IdentityKey, OnionKey
 
 RELAYS = 5
 EXITS = 2
@@ -81,7 +80,9 @@ class LoopbackNet:
 
     @property
     def authority_address(self) -> AuthorityAddress:
-        return AuthorityAddress("127.0.0.1", self.authority.port, self.authority.identity.public)
+        return AuthorityAddress(
+            "127.0.0.1", self.authority.port, self.authority.identity.public
+        )
 
 
 async def start_testnet(nursery: trio.Nursery) -> LoopbackNet:
@@ -113,7 +114,9 @@ async def start_testnet(nursery: trio.Nursery) -> LoopbackNet:
     )
     origin_port = origin[0].socket.getsockname()[1]
     client = ClientNode(
-        ClientConfig(authorities=[pinned], socks_port=0, test_network=True, bootstrap_timeout=30),
+        ClientConfig(
+            authorities=[pinned], socks_port=0, test_network=True, bootstrap_timeout=30
+        ),
         network,
         random.Random(1),
     )
@@ -122,7 +125,7 @@ async def start_testnet(nursery: trio.Nursery) -> LoopbackNet:
 
 
 @pytest.fixture
-async def testnet(nursery: trio.Nursery) -> AsyncIterator[LoopbackNet]:
+async def testnet(nursery: trio.Nursery) -> LoopbackNet:
     with trio.fail_after(60):
         net = await start_testnet(nursery)
-    yield net
+    return net

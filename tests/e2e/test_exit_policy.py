@@ -6,11 +6,11 @@ connect, so a bug here cannot send a packet anywhere.
 
 import pytest
 import trio
+from hopchain.relay.node import RelayConfig, RelayNode
 
 from hopchain.crypto.keys import IdentityKey, OnionKey
 from hopchain.errors import StreamError
 from hopchain.messages import EndReason
-from hopchain.relay.node import RelayConfig, RelayNode
 
 from .conftest import seed
 
@@ -20,7 +20,9 @@ pytestmark = pytest.mark.trio
 class NoConnectNetwork:
     """A Network whose connect fails the test: nothing may be contacted."""
 
-    async def connect(self, host: str, port: int, *, local_address: str | None = None) -> trio.abc.Stream:
+    async def connect(
+        self, host: str, port: int, *, local_address: str | None = None
+    ) -> trio.abc.Stream:
         pytest.fail(f"exit tried to connect to {host}:{port}")
 
     async def listen(self, host: str, port: int) -> list[trio.SocketListener]:
@@ -42,8 +44,12 @@ NAMES = {
 
 
 def _exit(test_network: bool) -> RelayNode:
-    config = RelayConfig(nickname="exit", address="127.0.0.9", exit=True, test_network=test_network)
-    return RelayNode(config, IdentityKey(seed("x")), OnionKey(seed("y")), NoConnectNetwork())
+    config = RelayConfig(
+        nickname="exit", address="127.0.0.9", exit=True, test_network=test_network
+    )
+    return RelayNode(
+        config, IdentityKey(seed("x")), OnionKey(seed("y")), NoConnectNetwork()
+    )
 
 
 @pytest.mark.parametrize(

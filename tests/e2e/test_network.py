@@ -7,11 +7,11 @@ import socket
 import pytest
 import socks
 import trio
-
-from hopchain.errors import DirectoryError
 from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.net import TcpNetwork
+
+from hopchain.errors import DirectoryError
 
 from .conftest import LoopbackNet, pattern
 
@@ -50,7 +50,9 @@ def _download(net: LoopbackNet, size: int) -> bytes:
         return _read_all(sock)
 
 
-async def test_pysocks_reaches_origin_from_an_exit_address(testnet: LoopbackNet) -> None:
+async def test_pysocks_reaches_origin_from_an_exit_address(
+    testnet: LoopbackNet,
+) -> None:
     with trio.fail_after(30):
         peer, rest = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
     assert peer in testnet.exit_addresses
@@ -110,20 +112,26 @@ async def test_malformed_socks_requests_get_errors_and_service_continues(
         # No acceptable method.
         assert await _raw_socks(testnet, b"\x05\x01\x80") == b"\x05\xff"
         # BIND: command not supported (7).
-        reply = await _raw_socks(testnet, b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50")
+        reply = await _raw_socks(
+            testnet, b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50"
+        )
         assert reply[:2] == b"\x05\x00"
         assert reply[2:4] == b"\x05\x07"
         # Unknown address type: 8.
         reply = await _raw_socks(testnet, b"\x05\x01\x00\x05\x01\x00\x09\x00\x00")
         assert reply[2:4] == b"\x05\x08"
         # Port 0 to a real host: general failure.
-        reply = await _raw_socks(testnet, b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x00")
+        reply = await _raw_socks(
+            testnet, b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x00"
+        )
         assert reply[2:4] == b"\x05\x01"
         peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
     assert peer in testnet.exit_addresses
 
 
-async def test_refused_port_maps_to_socks_connection_refused(testnet: LoopbackNet) -> None:
+async def test_refused_port_maps_to_socks_connection_refused(
+    testnet: LoopbackNet,
+) -> None:
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     closed_port = listener.getsockname()[1]
@@ -155,12 +163,17 @@ async def test_garbage_to_a_relay_closes_only_that_link(testnet: LoopbackNet) ->
     assert peer in testnet.exit_addresses
 
 
-async def test_client_refuses_a_consensus_from_an_unpinned_key(testnet: LoopbackNet) -> None:
+async def test_client_refuses_a_consensus_from_an_unpinned_key(
+    testnet: LoopbackNet,
+) -> None:
     wrong = AuthorityAddress("127.0.0.1", testnet.authority.port, bytes(32))
     client = ClientNode(
         ClientConfig(authorities=[wrong], socks_port=0, test_network=True),
         TcpNetwork(),
         __import__("random").Random(2),
     )
-    with trio.fail_after(30), pytest.raises(DirectoryError, match="signed by 0 of the pinned"):
+    with (
+        trio.fail_after(30),
+        pytest.raises(DirectoryError, match="signed by 0 of the pinned"),
+    ):
         await client.fetch_consensus()

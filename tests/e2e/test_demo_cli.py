@@ -1,0 +1,112 @@
+"""``hopchain demo`` as a user runs it: child processes, stopped by a signal."""
+
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import socks
+import trio
+
+from .conftest import _origin_handler
+
+pytestmark = pytest.mark.trio
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _echo(socks_port: int, origin_port: int) -> str:
+    with socks.socksocket() as sock:
+        sock.set_proxy(socks.SOCKS5, "127.0.0.1", socks_port, rdns=True)
+        sock.settimeout(20)
+        sock.connect(("127.0.0.1", origin_port))
+        sock.sendall(b"ECHO\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data.split(b"\n")[0].decode().split()[1]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_demo_serves_socks_and_stops_cleanly(
+    tmp_path: Path, nursery: trio.Nursery, stop_signal: signal.Signals
+) -> None:
+    data_dir = tmp_path / "demo"
+    socks_port = _free_port()
+    origin = await nursery.start(
+        functools.partial(trio.serve_tcp, _origin_handler, 0, host="127.0.0.1")
+    )
+    origin_port = origin[0].socket.getsockname()[1]
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "hopchain",
+            "demo",
+            "--socks-port",
+            str(socks_port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    output = b""
+    try:
+        with trio.fail_after(90):
+            while b"SOCKS5 proxy:" not in output:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, f"demo exited early: {output.decode()}"
+                output += chunk
+            peer = await trio.to_thread.run_sync(_echo, socks_port, origin_port)
+        assert peer.startswith("127.0.0.")
+        assert peer not in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
+        process.send_signal(stop_signal)
+        with trio.fail_after(30):
+            code = await process.wait()
+        assert code == 0
+        # Every child was waited for by the demo before it exited.
+        assert _processes_mentioning(str(data_dir)) == []
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                await pipe.aclose()
+    assert (data_dir / "client.log").exists()
+    assert sorted(p.name for p in data_dir.glob("*.log")) == [
+        "authority.log",
+        "client.log",
+        "exit4.log",
+        "exit5.log",
+        "relay1.log",
+        "relay2.log",
+        "relay3.log",
+    ]
+    assert os.stat(data_dir / "exit4" / "identity.key").st_mode & 0o777 == 0o600
