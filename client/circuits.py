@@ -13,10 +13,11 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 import trio
-from hopchain.relay.link import Link, initiate
+from hopchain.relay.link import LINK_SETUP_ERRORS, Link, initiate
 from hopchain.relay.net import Network
 from hopchain.relay.pump import CreditSignal, StreamPump
 
@@ -24,7 +25,6 @@ from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
 from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import (
     CircuitError,
-    HandshakeError,
     ProtocolError,
     StreamError,
 )
@@ -252,12 +252,7 @@ class CircuitManager:
             stream = await self._network.connect(guard.address, guard.or_port)
             try:
                 link = await initiate(stream, guard.identity, guard.onion_key)
-            except (
-                HandshakeError,
-                EOFError,
-                trio.TooSlowError,
-                trio.BrokenResourceError,
-            ) as exc:
+            except LINK_SETUP_ERRORS as exc:
                 await trio.aclose_forcefully(stream)
                 raise CircuitError(f"link to guard failed: {exc}") from exc
             self._links[guard.identity] = link
@@ -266,22 +261,11 @@ class CircuitManager:
 
     async def _run_link(self, link: Link) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(link.run_writer)
-                try:
-                    async for cells in link.receive_cells():
-                        for cell in cells:
-                            self._handle_cell(link, cell)
-                except ProtocolError as exc:
-                    logger.warning("closing the link to a guard: %s", exc)
-                nursery.cancel_scope.cancel()
+            await link.serve(partial(self._handle_cell, link))
         finally:
-            link.closed = True
             for key, handle in list(self._circuits.items()):
                 if key[0] is link:
                     self._destroy(handle, notify=False)
-            with trio.CancelScope(shield=True):
-                await link.aclose()
 
     def _handle_cell(self, link: Link, cell: Cell) -> None:
         handle = self._circuits.get((link, cell.circ_id))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import trio
-from hopchain.relay.link import initiate
+from hopchain.relay.link import LINK_SETUP_ERRORS, initiate
 from hopchain.relay.net import (
     BufferedReader,
     Network,
@@ -36,7 +36,7 @@ from hopchain.directory import (
     sign_consensus,
     verify_descriptor,
 )
-from hopchain.errors import DirectoryError, HandshakeError
+from hopchain.errors import DirectoryError
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +130,7 @@ class AuthorityNode:
                 stream = await self.network.connect(desc.address, desc.or_port)
                 link = await initiate(stream, desc.identity, desc.onion_key)
                 await link.aclose()
-        except (
-            OSError,
-            HandshakeError,
-            EOFError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-        ) as exc:
+        except LINK_SETUP_ERRORS as exc:
             self._relays.pop(desc.identity, None)
             self._consensus = None
             raise DirectoryError(f"relay not reachable at its address: {exc}") from exc

@@ -17,7 +17,7 @@ ends ignore flow control is refused, not buffered.
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import trio
@@ -26,7 +26,7 @@ from hopchain.relay.net import RECEIVE_CHUNK, BufferedReader
 from hopchain.crypto import handshake, kdf
 from hopchain.crypto.keys import IdentityKey, OnionKey
 from hopchain.crypto.primitives import ed25519_verify
-from hopchain.errors import HandshakeError, LinkError
+from hopchain.errors import HandshakeError, LinkError, ProtocolError
 from hopchain.relaycircuit import MAX_QUEUED_PER_CIRCUIT
 from hopchain.wire import (
     MAX_RECORD,
@@ -42,6 +42,14 @@ from hopchain.wire import (
 logger = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT: Final = 10.0
+# What opening a link can raise besides cancellation: catch these together.
+LINK_SETUP_ERRORS: Final = (
+    OSError,
+    HandshakeError,
+    EOFError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+)
 BATCH_BYTES: Final = 256 * 1024
 _AUTH_PREFIX: Final = b"hopchain link auth v1\0"
 
@@ -126,6 +134,27 @@ class Link:
             opener.feed(data)
             if opener.buffered > MAX_RECORD + 2 * RECEIVE_CHUNK:
                 raise LinkError("peer sends faster than records complete")
+
+    async def serve(self, on_cell: Callable[[Cell], None]) -> None:
+        """Run the writer and feed every received cell to ``on_cell``.
+
+        Returns when the peer closes the link or breaks the protocol (logged
+        as a warning); the link is closed on return.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.run_writer)
+                try:
+                    async for cells in self.receive_cells():
+                        for cell in cells:
+                            on_cell(cell)
+                except ProtocolError as exc:
+                    logger.warning("closing a link: %s", exc)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.closed = True
+            with trio.CancelScope(shield=True):
+                await self.aclose()
 
     async def aclose(self) -> None:
         """Close the underlying stream."""

@@ -16,7 +16,13 @@ from typing import Any, Final
 import trio
 from hopchain.relay import dirclient
 from hopchain.relay.dirclient import AuthorityAddress
-from hopchain.relay.link import Link, check_authenticate, initiate, respond
+from hopchain.relay.link import (
+    LINK_SETUP_ERRORS,
+    Link,
+    check_authenticate,
+    initiate,
+    respond,
+)
 from hopchain.relay.net import Network, bound_port, wall_clock
 from hopchain.relay.pump import CreditSignal, StreamPump
 
@@ -162,12 +168,7 @@ class RelayNode:
     async def _accept(self, stream: trio.SocketStream) -> None:
         try:
             link = await respond(stream, self.identity, self.onion_keys)
-        except (
-            HandshakeError,
-            EOFError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-        ) as exc:
+        except LINK_SETUP_ERRORS as exc:
             logger.debug("inbound link handshake failed: %s", exc)
             await stream.aclose()
             return
@@ -175,17 +176,8 @@ class RelayNode:
 
     async def _run_link(self, link: Link, *, inbound: bool) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(link.run_writer)
-                try:
-                    async for cells in link.receive_cells():
-                        for cell in cells:
-                            self._handle_cell(link, cell, inbound=inbound)
-                except ProtocolError as exc:
-                    logger.warning("closing a link: %s", exc)
-                nursery.cancel_scope.cancel()
+            await link.serve(partial(self._handle_cell, link, inbound=inbound))
         finally:
-            link.closed = True
             for key, circuit in list(self._by_prev.items()) + list(
                 self._by_next.items()
             ):
@@ -193,8 +185,6 @@ class RelayNode:
                     self._teardown(circuit, notify_source=link)
             if self._out_links.get(link.peer_identity or b"") is link:
                 del self._out_links[link.peer_identity or b""]
-            with trio.CancelScope(shield=True):
-                await link.aclose()
 
     async def _get_link(
         self, identity: bytes, onion_key: bytes, host: str, port: int
@@ -384,13 +374,7 @@ class RelayNode:
                 link = await self._get_link(
                     message.identity, message.onion_key, message.host, message.port
                 )
-        except (
-            OSError,
-            HandshakeError,
-            EOFError,
-            trio.TooSlowError,
-            trio.BrokenResourceError,
-        ) as exc:
+        except LINK_SETUP_ERRORS as exc:
             logger.info("extend failed: %s", type(exc).__name__)
             if not circuit.closed:
                 self._sender(circuit)(
