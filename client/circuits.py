@@ -141,6 +141,7 @@ class CircuitManager:
 
     def _reusable(self, port: int) -> ClientCircuitHandle | None:
         now = trio.current_time()
+        self._retire_idle(now)
         for handle in sorted(self._circuits.values(), key=lambda h: -h.built_at):
             if (
                 handle.is_open
@@ -213,6 +214,17 @@ class CircuitManager:
                 self._destroy(handle)
                 raise
         return handle
+
+    def _retire_idle(self, now: float) -> None:
+        """Destroy circuits past the dirtiness period that carry no stream."""
+        for handle in list(self._circuits.values()):
+            if (
+                handle.is_open
+                and now - handle.built_at >= self._dirtiness
+                and not handle.pumps
+                and not handle.waiting
+            ):
+                self._destroy(handle)
 
     def _destroy(self, handle: ClientCircuitHandle, *, notify: bool = True) -> None:
         if self._circuits.pop((handle.link, handle.circ_id), None) is None:
@@ -362,5 +374,6 @@ class CircuitManager:
         raise StreamError("circuit closed before connected", EndReason.DESTROYED)
 
     def release(self, handle: ClientCircuitHandle, pump: StreamPump) -> None:
-        """Forget a finished stream."""
+        """Forget a finished stream (and retire its circuit if it is dirty)."""
         handle.pumps.pop(pump.stream_id, None)
+        self._retire_idle(trio.current_time())

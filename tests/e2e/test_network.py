@@ -1,5 +1,6 @@
 """End to end: real clients through a whole network on loopback."""
 
+import functools
 import hashlib
 import os
 import socket
@@ -7,6 +8,7 @@ import socket
 import pytest
 import socks
 import trio
+import trio.testing
 from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.net import TcpNetwork
@@ -177,3 +179,48 @@ async def test_client_refuses_a_consensus_from_an_unpinned_key(
         pytest.raises(DirectoryError, match="signed by 0 of the pinned"),
     ):
         await client.fetch_consensus()
+
+
+def _ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback here")
+async def test_ipv6_target_by_address_type_4(
+    testnet: LoopbackNet, nursery: trio.Nursery
+) -> None:
+    from .conftest import _origin_handler
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, _origin_handler, 0, host="::1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    request = (
+        b"\x05\x01\x00\x05\x01\x00\x04" + bytes(15) + b"\x01" + port.to_bytes(2, "big")
+    )
+    with trio.fail_after(30):
+        stream = await trio.open_tcp_stream("127.0.0.1", testnet.socks_port)
+        async with stream:
+            await stream.send_all(request + b"ECHO\n")
+            received = b""
+            while b"\n" not in received[12:]:
+                received += await stream.receive_some(1024)
+    assert received[:4] == b"\x05\x00\x05\x00"
+    assert received[12:].startswith(b"peer ::1\n")
+
+
+async def test_dirty_idle_circuits_are_retired(testnet: LoopbackNet) -> None:
+    manager = testnet.client.manager
+    assert manager is not None
+    manager._dirtiness = 0.0  # every circuit is dirty as soon as it is built
+    with trio.fail_after(30):
+        await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+    assert not any(h.is_open for h in manager._circuits.values())
+    # Each relay dropped the destroyed circuit too.
+    assert not any(r._by_prev or r._by_next for r in testnet.relays)
