@@ -438,6 +438,8 @@ class RelayNode:
         Raises:
             StreamError: with the END reason to send back.
         """
+        if not any(low <= port <= high for low, high in self.config.exit_ports):
+            raise StreamError(f"exit policy refuses port {port}", EndReason.EXIT_POLICY)
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 try:

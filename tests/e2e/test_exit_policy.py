@@ -79,6 +79,14 @@ async def test_default_policy_refuses_private_destinations(host: str) -> None:
     assert info.value.reason == EndReason.EXIT_POLICY
 
 
+async def test_ports_outside_the_exit_ports_are_refused() -> None:
+    node = _exit(test_network=True)
+    node.config.exit_ports = ((80, 80), (443, 443))
+    with trio.fail_after(10), pytest.raises(StreamError) as info:
+        await node.connect_to_destination("127.0.0.1", 22)
+    assert info.value.reason == EndReason.EXIT_POLICY
+
+
 async def test_test_network_still_refuses_the_relays_own_port() -> None:
     node = _exit(test_network=True)
     node.port = 9001
