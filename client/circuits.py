@@ -38,6 +38,7 @@ from hopchain.messages import (
     Truncated,
 )
 from hopchain.path import PathConstraints, select_path
+from hopchain.relaycircuit import MAX_EARLY
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class ClientCircuitHandle:
     waiting: dict[int, _Reply] = field(default_factory=dict)
     credit: CreditSignal = field(default_factory=CreditSignal)
     build_reply: _Reply | None = None
+    early_left: int = MAX_EARLY
+    on_overflow: Callable[["ClientCircuitHandle"], None] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -87,10 +90,21 @@ class ClientCircuitHandle:
         return self.core.state is CircuitState.OPEN and not self.link.closed
 
     def send(self, bodies: list[bytes]) -> None:
-        """Queue RELAY cells on the circuit's link."""
+        """Queue relay cells on the circuit's link.
+
+        The first ``MAX_EARLY`` cells of every circuit go out as RELAY_EARLY,
+        whatever they carry, so each relay sees the same number of them and
+        cannot tell from that how many hops follow it (EXTENDs must be among
+        them; a circuit never needs more than ``MAX_EARLY`` extensions).
+        """
         for body in bodies:
-            if not self.link.send(self.circ_id, CellCommand.RELAY, body):
-                self.core.close()
+            command = CellCommand.RELAY
+            if self.early_left > 0:
+                self.early_left -= 1
+                command = CellCommand.RELAY_EARLY
+            if not self.link.send(self.circ_id, command, body):
+                if self.on_overflow is not None:
+                    self.on_overflow(self)
                 return
 
 
@@ -191,7 +205,9 @@ class CircuitManager:
             link = await self._link_to(path[0])
             circ_id = self._new_circ_id(link)
             core = ClientCircuit()
-            handle = ClientCircuitHandle(core, link, circ_id, path[-1])
+            handle = ClientCircuitHandle(
+                core, link, circ_id, path[-1], on_overflow=self._destroy
+            )
             self._circuits[(link, circ_id)] = handle
             try:
                 handle.build_reply = _Reply()
@@ -206,9 +222,8 @@ class CircuitManager:
                 core.on_created(reply)
                 for spec in specs[1:]:
                     handle.build_reply = _Reply()
-                    body = core.extend(spec, secrets.token_bytes(32))
-                    link.send(circ_id, CellCommand.RELAY_EARLY, body)
-                    if await handle.build_reply.wait() is _CLOSED:
+                    handle.send([core.extend(spec, secrets.token_bytes(32))])
+                    if not isinstance(await handle.build_reply.wait(), Extended):
                         raise CircuitError("circuit closed while extending")
             except BaseException:
                 self._destroy(handle)
@@ -234,7 +249,6 @@ class CircuitManager:
             handle.link.send(
                 handle.circ_id, CellCommand.DESTROY, bytes([EndReason.DESTROYED])
             )
-        handle.link.forget_circuit(handle.circ_id)
         for pump in handle.pumps.values():
             pump.abort()
         for reply in handle.waiting.values():

@@ -12,7 +12,7 @@ from hopchain.relay import dirclient
 from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.net import Network, bound_port, wall_clock
 
-from hopchain.directory import Consensus, verify_consensus
+from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
 from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
 from hopchain.path import PathConstraints, select_path
 
@@ -51,9 +51,15 @@ class ClientNode:
 
     @property
     def consensus(self) -> Consensus:
-        """The current verified consensus."""
+        """The current verified consensus, while it is still valid.
+
+        Raises:
+            DirectoryError: none fetched yet, or it expired (refreshes failed).
+        """
         if self._consensus is None:
             raise DirectoryError("no consensus yet")
+        if wall_clock() > self._consensus.valid_until + CLOCK_SKEW:
+            raise DirectoryError("consensus expired and no authority gave a new one")
         return self._consensus
 
     async def fetch_consensus(self) -> Consensus:

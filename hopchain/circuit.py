@@ -169,9 +169,9 @@ class ClientCircuit:
                 return Received(hop, message), []
             case _ if hop != last:
                 raise MessageError(f"hop {hop} sent a stream message")
-            case Data(stream_id=sid, data=data):
-                if not self.streams.on_data(sid, len(data)):
-                    return None, self.consumed(sid, len(data))
+            case Data(stream_id=sid):
+                if not self.streams.on_data(sid):
+                    return None, self.consumed(sid, 1)
                 return Received(hop, message), []
             case Sendme():
                 self.streams.on_sendme(message)
@@ -205,14 +205,17 @@ class ClientCircuit:
         return sid, self._wrap(Begin(sid, host, port))
 
     def sendable(self, stream_id: int) -> int:
-        """Bytes the stream may send now."""
-        return self.streams.sendable(stream_id)
+        """Bytes the stream may send now (whole DATA cells the windows allow)."""
+        if self.state is not CircuitState.OPEN:
+            return 0
+        return self.streams.sendable(stream_id) * MAX_DATA
 
     def send_data(self, stream_id: int, data: bytes) -> list[bytes]:
         """Bodies carrying ``data``; the caller keeps within ``sendable``."""
-        if len(data) > self.streams.sendable(stream_id):
+        cells = -(-len(data) // MAX_DATA)
+        if cells > self.streams.sendable(stream_id):
             raise FlowControlError("send past the window")
-        self.streams.spend(stream_id, len(data))
+        self.streams.spend(stream_id, cells)
         return [
             onion.wrap_forward(
                 self.hops, encode_data(stream_id, data[i : i + MAX_DATA])
@@ -228,7 +231,7 @@ class ClientCircuit:
         return [self._wrap(End(stream_id, reason))]
 
     def consumed(self, stream_id: int, n: int) -> list[bytes]:
-        """The app consumed ``n`` bytes of the stream; SENDME bodies to send."""
+        """The app consumed ``n`` DATA cells of the stream; SENDMEs to send."""
         if self.state is CircuitState.CLOSED:
             return []
         return [self._wrap(m) for m in self.streams.on_consumed(stream_id, n)]

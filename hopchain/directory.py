@@ -284,7 +284,8 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
         desc_raw, flags = item
         _require(isinstance(desc_raw, bytes), "bad relay descriptor")
         _require(
-            isinstance(flags, list) and all(f in FLAGS for f in flags),
+            isinstance(flags, list)
+            and all(isinstance(f, str) and f in FLAGS for f in flags),
             "bad relay flags",
         )
         signed = verify_descriptor(desc_raw, now)

@@ -1,20 +1,22 @@
 """End-to-end flow control and stream bookkeeping for one circuit end.
 
 Both ends of a circuit (the client and the exit) keep, per stream and for the
-circuit as a whole, a *send window* and a *receive window*, counted in bytes
-of DATA:
+circuit as a whole, a *send window* and a *receive window*, counted in DATA
+*cells* (of either size class), as Tor does:
 
-* The sender may have at most ``window`` bytes sent and not yet credited.
-* The receiver credits bytes with SENDME only after the application has
-  consumed them (written them to its socket), in steps of a quarter window,
-  so a slow reader stops the sender instead of filling relay queues.
-* Credit is authenticated by construction: a SENDME for more than was sent
-  and not yet credited, or DATA beyond the window, is a protocol violation
-  that closes the circuit.
+* The sender may have at most ``window`` DATA cells sent and not yet credited.
+* The receiver credits cells with SENDME only after the application has
+  consumed their bytes (written them to its socket), in steps of a quarter
+  window, so a slow reader stops the sender instead of filling relay queues.
+* Credit is authenticated by construction: a SENDME for more cells than were
+  sent and not yet credited, or DATA beyond the window, is a protocol
+  violation that closes the circuit.
 
-Because every relay on the path forwards a circuit's cells in order, no relay
-ever holds more than one circuit window of that circuit's data in one
-direction; relays enforce that bound (see ``relaycircuit``).
+Counting cells rather than bytes bounds what matters to a relay: a circuit can
+have at most ``CIRCUIT_WINDOW`` DATA cells (each at most 32 KiB) in flight in
+one direction, however small the writes.  Relays enforce that bound on their
+link queues (``relaycircuit.MAX_QUEUED_PER_CIRCUIT``, checked in
+``hopchain.relay.link``).
 
 Streams close in two halves: END(DONE) means "no more data from me".  A
 stream is forgotten when both halves are closed; any other END reason aborts
@@ -27,26 +29,26 @@ from typing import Final
 from hopchain.errors import FlowControlError, MessageError
 from hopchain.messages import EndReason, Sendme
 
-CIRCUIT_WINDOW: Final = 4 * 1024 * 1024
-STREAM_WINDOW: Final = 2 * 1024 * 1024
+CIRCUIT_WINDOW: Final = 128
+STREAM_WINDOW: Final = 64
 
 
 @dataclass(slots=True)
 class SendWindow:
-    """How many more bytes this end may send."""
+    """How many more DATA cells this end may send."""
 
     size: int
     unacked: int = 0
 
     @property
     def available(self) -> int:
-        """Bytes that may be sent now."""
+        """Cells that may be sent now."""
         return self.size - self.unacked
 
     def spend(self, n: int) -> None:
-        """Record ``n`` sent bytes; the caller checked ``available``."""
+        """Record ``n`` sent cells; the caller checked ``available``."""
         if n > self.available:
-            raise ValueError(f"sending {n} bytes with {self.available} available")
+            raise ValueError(f"sending {n} cells with {self.available} available")
         self.unacked += n
 
     def credit(self, n: int) -> None:
@@ -56,13 +58,13 @@ class SendWindow:
             FlowControlError: credit for bytes never sent.
         """
         if not 0 < n <= self.unacked:
-            raise FlowControlError(f"sendme credits {n} bytes, {self.unacked} unacked")
+            raise FlowControlError(f"sendme credits {n} cells, {self.unacked} unacked")
         self.unacked -= n
 
 
 @dataclass(slots=True)
 class ReceiveWindow:
-    """Bytes the peer has sent and this end has not yet credited."""
+    """DATA cells the peer has sent and this end has not yet credited."""
 
     size: int
     outstanding: int = 0
@@ -81,7 +83,7 @@ class ReceiveWindow:
             )
 
     def consume(self, n: int) -> int:
-        """The app consumed ``n`` bytes; returns credit to send now (or 0)."""
+        """The app consumed ``n`` cells; returns credit to send now (or 0)."""
         self.consumed += n
         if self.consumed < self.size // 4:
             return 0
@@ -123,37 +125,38 @@ class StreamTable:
         return self.streams.get(stream_id)
 
     def sendable(self, stream_id: int) -> int:
-        """Bytes the stream may send now (stream and circuit windows)."""
+        """DATA cells the stream may send now (stream and circuit windows)."""
         state = self.streams.get(stream_id)
         if state is None or state.local_done:
             return 0
         return min(state.send.available, self.send.available)
 
     def spend(self, stream_id: int, n: int) -> None:
-        """Record ``n`` bytes sent on the stream."""
+        """Record ``n`` DATA cells sent on the stream."""
         self.streams[stream_id].send.spend(n)
         self.send.spend(n)
 
-    def on_data(self, stream_id: int, n: int) -> bool:
-        """Account incoming DATA; False when the stream is unknown (dropped).
+    def on_data(self, stream_id: int) -> bool:
+        """Account one incoming DATA cell; False when its stream is unknown.
 
-        Data for a stream this end already closed still counts against the
-        circuit window and is credited at once, so the peer's window refills.
+        A cell for a stream this end already closed still counts against the
+        circuit window; the caller drops it and credits it at once with
+        ``on_consumed``, so the peer's window refills.
 
         Raises:
             FlowControlError: data past a window, or after the peer's END.
         """
-        self.receive.receive(n)
+        self.receive.receive(1)
         state = self.streams.get(stream_id)
         if state is None:
             return False
         if state.remote_done:
             raise FlowControlError("data after end")
-        state.receive.receive(n)
+        state.receive.receive(1)
         return True
 
     def on_consumed(self, stream_id: int, n: int) -> list[Sendme]:
-        """The app consumed ``n`` bytes of the stream; SENDMEs to send."""
+        """The app consumed ``n`` DATA cells of the stream; SENDMEs to send."""
         out = []
         state = self.streams.get(stream_id)
         if state is not None:

@@ -100,7 +100,7 @@ class End:
 
 @dataclass(frozen=True, slots=True)
 class Sendme:
-    """Flow-control credit: ``credit`` bytes were consumed (stream 0: circuit)."""
+    """Flow-control credit: ``credit`` DATA cells consumed (stream 0: circuit)."""
 
     stream_id: int
     credit: int
@@ -126,7 +126,7 @@ class Extended:
 
 @dataclass(frozen=True, slots=True)
 class Truncated:
-    """The circuit ends at the sending hop (its next hop went away)."""
+    """The circuit ends at the sending hop: it could not reach the next hop."""
 
     reason: EndReason
 

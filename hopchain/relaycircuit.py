@@ -14,7 +14,8 @@ Extension rules (checked here, before any network work):
 
 * EXTEND only in a RELAY_EARLY cell, and at most ``MAX_EARLY`` RELAY_EARLY
   cells per circuit, which bounds the path to ``onion.MAX_HOPS`` hops;
-* at most one extension per circuit, and never while one is in progress;
+* one extension at a time, and none once the circuit goes on past this hop
+  (after a failed extension this hop is the last one again and may retry);
 * never to this relay itself nor back to the previous hop.
 
 As an exit the circuit keeps a ``StreamTable`` with the same windows as the
@@ -31,6 +32,7 @@ from hopchain.crypto.onion import HopKeys
 from hopchain.errors import FlowControlError, MessageError
 from hopchain.flow import CIRCUIT_WINDOW, StreamTable
 from hopchain.messages import (
+    LARGE_BODY,
     MAX_DATA,
     Begin,
     Data,
@@ -48,9 +50,10 @@ from hopchain.messages import (
 )
 
 MAX_EARLY: Final = onion.MAX_HOPS - 1
-# A relay's queue for one circuit in one direction may hold one circuit window
-# of DATA plus some control cells; more means an end ignores flow control.
-MAX_QUEUED_PER_CIRCUIT: Final = CIRCUIT_WINDOW + 64 * 1024 + 64 * 1024
+# A relay's queue for one circuit on one link may hold one circuit window of
+# DATA cells plus some control cells (BEGIN, END, SENDME), counted in cell-body
+# bytes; more means an end ignores flow control.
+MAX_QUEUED_PER_CIRCUIT: Final = (CIRCUIT_WINDOW + 32) * LARGE_BODY
 
 
 class Position(enum.Enum):
@@ -75,6 +78,13 @@ class Deliver:
     message: RelayMessage
 
 
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Send these bodies back towards the client (nothing else to do)."""
+
+    bodies: list[bytes]
+
+
 class RelayCircuit:
     """Relay-side circuit state machine (see the module docstring)."""
 
@@ -88,11 +98,14 @@ class RelayCircuit:
         self._previous = previous_identity
         self._early = 0
 
-    def forward(self, body: bytes, *, early: bool) -> Forward | Deliver | None:
+    def forward(
+        self, body: bytes, *, early: bool
+    ) -> Forward | Deliver | Respond | None:
         """Process a cell from the previous hop.
 
         Returns:
-            Forward, Deliver, or None when nothing is to be done (padding).
+            Forward, Deliver, Respond (credit for data of a closed stream), or
+            None when nothing is to be done (padding).
 
         Raises:
             ProtocolError: a bad layer, a malformed message, a flow-control
@@ -123,9 +136,9 @@ class RelayCircuit:
                 self.position = Position.EXTENDING
             case Begin(stream_id=sid):
                 self.streams.add(sid)
-            case Data(stream_id=sid, data=data):
-                if not self.streams.on_data(sid, len(data)):
-                    return None
+            case Data(stream_id=sid):
+                if not self.streams.on_data(sid):
+                    return Respond(self.consumed(sid, 1))
             case End(stream_id=sid, reason=reason):
                 self.streams.remote_end(sid, reason)
             case Sendme():
@@ -159,14 +172,15 @@ class RelayCircuit:
     # --- exit streams ------------------------------------------------------
 
     def sendable(self, stream_id: int) -> int:
-        """Bytes the exit may send now on the stream."""
-        return self.streams.sendable(stream_id)
+        """Bytes the exit may send now (whole DATA cells the windows allow)."""
+        return self.streams.sendable(stream_id) * MAX_DATA
 
     def send_data(self, stream_id: int, data: bytes) -> list[bytes]:
         """Bodies carrying ``data`` to the client (within ``sendable``)."""
-        if len(data) > self.streams.sendable(stream_id):
+        cells = -(-len(data) // MAX_DATA)
+        if cells > self.streams.sendable(stream_id):
             raise FlowControlError("send past the window")
-        self.streams.spend(stream_id, len(data))
+        self.streams.spend(stream_id, cells)
         return [
             onion.originate_backward(
                 self.keys, encode_data(stream_id, data[i : i + MAX_DATA])
@@ -175,7 +189,7 @@ class RelayCircuit:
         ]
 
     def consumed(self, stream_id: int, n: int) -> list[bytes]:
-        """SENDMEs after writing ``n`` bytes of the stream to its target."""
+        """SENDMEs after writing ``n`` DATA cells of the stream to its target."""
         return [self.originate(m) for m in self.streams.on_consumed(stream_id, n)]
 
     def end_stream(self, stream_id: int, reason: EndReason) -> list[bytes]:

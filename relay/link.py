@@ -89,10 +89,6 @@ class Link:
         self._wakeup.set()
         return True
 
-    def forget_circuit(self, circ_id: int) -> None:
-        """Stop accounting a closed circuit (its queued cells still go out)."""
-        self._queued.pop(circ_id, None)
-
     async def run_writer(self) -> None:
         """Send queued cells, batched into records, until the link closes."""
         queue = self._queue
@@ -108,9 +104,11 @@ class Link:
                     circ_id, body_len, cell = queue.popleft()
                     batch.append(cell)
                     size += len(cell)
-                    left = queued.get(circ_id)
-                    if left is not None:
-                        queued[circ_id] = left - body_len
+                    left = queued.get(circ_id, 0) - body_len
+                    if left > 0:
+                        queued[circ_id] = left
+                    else:
+                        queued.pop(circ_id, None)
                 await self.stream.send_all(self._sealer.seal(b"".join(batch)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True

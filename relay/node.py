@@ -39,7 +39,7 @@ from hopchain.errors import (
     StreamError,
 )
 from hopchain.messages import Begin, Connected, Data, End, EndReason, Extend, Sendme
-from hopchain.relaycircuit import Deliver, Forward, RelayCircuit
+from hopchain.relaycircuit import Deliver, Forward, RelayCircuit, Respond
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -273,6 +273,8 @@ class RelayNode:
                     raise ProtocolError("circuit queue full: flow control ignored")
             elif isinstance(result, Deliver):
                 self._deliver(circuit, result.message)
+            elif isinstance(result, Respond):
+                self._send_back(circuit, result.bodies)
         except ProtocolError as exc:
             logger.warning("destroying a circuit: %s", exc)
             self._teardown(circuit)
@@ -306,13 +308,11 @@ class RelayNode:
             return
         circuit.closed = True
         self._by_prev.pop((circuit.prev, circuit.prev_id), None)
-        circuit.prev.forget_circuit(circuit.prev_id)
         destroy = bytes([EndReason.DESTROYED])
         if circuit.prev is not notify_source:
             circuit.prev.send(circuit.prev_id, CellCommand.DESTROY, destroy)
         if circuit.next is not None:
             self._by_next.pop((circuit.next, circuit.next_id), None)
-            circuit.next.forget_circuit(circuit.next_id)
             if circuit.next is not notify_source:
                 circuit.next.send(circuit.next_id, CellCommand.DESTROY, destroy)
         for pump in circuit.pumps.values():
@@ -368,7 +368,24 @@ class RelayNode:
             logger.exception("bug in a circuit task; destroying the circuit")
             self._teardown(circuit)
 
+    def _may_extend_to(self, host: str, port: int) -> bool:
+        """Extensions go to public IP literals only (outside test networks), so
+        a client cannot make a relay probe its operator's private network."""
+        try:
+            return exitpolicy.destination_allowed(
+                host,
+                port,
+                test_network=self.config.test_network,
+                own_addresses=[self.config.address],
+            )
+        except ValueError:
+            return False
+
     async def _extend(self, circuit: _Circuit, message: Extend) -> None:
+        if not self._may_extend_to(message.host, message.port):
+            logger.info("refusing to extend to a private or non-IP address")
+            self._sender(circuit)([circuit.core.extend_failed(EndReason.EXIT_POLICY)])
+            return
         try:
             with trio.fail_after(EXTEND_TIMEOUT):
                 link = await self._get_link(
@@ -390,6 +407,8 @@ class RelayNode:
 
     def _created(self, circuit: _Circuit, reply: bytes) -> None:
         try:
+            if len(reply) != handshake.SERVER_MESSAGE_BYTES:
+                raise ProtocolError(f"created of {len(reply)} bytes from the next hop")
             self._send_back(circuit, [circuit.core.extended(reply)])
         except ProtocolError as exc:
             logger.warning("destroying a circuit: %s", exc)
@@ -418,9 +437,9 @@ class RelayNode:
                 return
             finally:
                 circuit.connecting.pop(sid, None)
-        if scope.cancelled_caught or circuit.closed:
+        if scope.cancel_called or circuit.closed:
             if not scope.cancelled_caught:
-                await socket.aclose()
+                await socket.aclose()  # the client ended the stream meanwhile
             return
         pump = StreamPump(sid, socket, circuit.core, send, circuit.credit)
         circuit.pumps[sid] = pump

@@ -35,7 +35,7 @@ class CircuitEnd(Protocol):
 
     def send_data(self, stream_id: int, data: bytes) -> list[bytes]: ...
 
-    def consumed(self, stream_id: int, n: int) -> list[bytes]: ...
+    def consumed(self, stream_id: int, cells: int) -> list[bytes]: ...
 
     def end_stream(self, stream_id: int, reason: EndReason) -> list[bytes]: ...
 
@@ -73,6 +73,7 @@ class StreamPump:
         self._send = send
         self._credit = credit
         self._inbound = bytearray()
+        self._inbound_cells = 0
         self._inbound_ready = trio.Event()
         self._remote_done = False
         self._cancel = trio.CancelScope()
@@ -80,8 +81,9 @@ class StreamPump:
     # --- called by the link reader (never blocks) ---------------------------
 
     def deliver(self, data: bytes) -> None:
-        """Bytes from the circuit for the socket."""
+        """One DATA cell's bytes from the circuit, for the socket."""
         self._inbound += data
+        self._inbound_cells += 1
         self._inbound_ready.set()
 
     def remote_end(self) -> None:
@@ -145,16 +147,18 @@ class StreamPump:
     async def _downstream(self) -> None:
         sid = self.stream_id
         while True:
-            if self._inbound:
+            if self._inbound_cells:
                 data = bytes(self._inbound)
+                cells = self._inbound_cells
                 self._inbound.clear()
+                self._inbound_cells = 0
                 try:
                     await self._socket.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._send(self._circuit.end_stream(sid, EndReason.MISC))
                     self._cancel.cancel()
                     return
-                self._send(self._circuit.consumed(sid, len(data)))
+                self._send(self._circuit.consumed(sid, cells))
                 continue
             if self._remote_done:
                 if isinstance(self._socket, trio.abc.HalfCloseableStream):
