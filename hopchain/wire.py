@@ -14,7 +14,7 @@ one or more *link cells* back to back:
 
 A record is at most ``MAX_RECORD`` bytes; a peer that announces more, sends a
 bad tag, or a cell that overruns its record is disconnected.  The decoder
-returns "not yet" on short input and keeps at most one record buffered.
+returns "not yet" on short input; the link shell bounds how much it may buffer.
 """
 
 import enum
