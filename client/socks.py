@@ -14,6 +14,7 @@ from hopchain.client.circuits import CircuitManager
 from hopchain.relay.net import RECEIVE_CHUNK
 
 from hopchain.errors import CircuitError, PathSelectionError, Socks5Error, StreamError
+from hopchain.messages import EndReason
 from hopchain.socks5 import (
     ConnectRequest,
     Reply,
@@ -68,7 +69,7 @@ async def handle_socks(stream: trio.abc.Stream, manager: CircuitManager) -> None
             handle, pump = await manager.open_stream(request.host, request.port, stream)
         except StreamError as exc:
             logger.info("stream failed: %s", exc)
-            await _reply(stream, reply_for_end(exc.reason))
+            await _reply(stream, reply_for_end(EndReason(exc.reason)))
             return
         except (CircuitError, PathSelectionError) as exc:
             logger.warning("no circuit for a stream: %s", exc)

@@ -210,7 +210,7 @@ class ClientCircuit:
             return 0
         return self.streams.sendable(stream_id) * MAX_DATA
 
-    def send_data(self, stream_id: int, data: bytes) -> list[bytes]:
+    def send_data(self, stream_id: int, data: bytes | bytearray) -> list[bytes]:
         """Bodies carrying ``data``; the caller keeps within ``sendable``."""
         cells = -(-len(data) // MAX_DATA)
         if cells > self.streams.sendable(stream_id):

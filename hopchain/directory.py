@@ -91,7 +91,7 @@ class Consensus:
 
 
 def _pack(value: object) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    return bytes(msgpack.packb(value, use_bin_type=True))
 
 
 def _unpack(raw: bytes, limit: int, what: str) -> Any:

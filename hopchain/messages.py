@@ -141,7 +141,7 @@ RelayMessage = (
 )
 
 
-def _frame(command: RelayCommand, stream_id: int, body: bytes) -> bytes:
+def _frame(command: RelayCommand, stream_id: int, body: bytes | bytearray) -> bytes:
     size = SMALL_PAYLOAD if HEADER.size + len(body) <= SMALL_PAYLOAD else LARGE_PAYLOAD
     if HEADER.size + len(body) > size:
         raise ValueError(f"relay message body too long: {len(body)} bytes")
@@ -149,7 +149,7 @@ def _frame(command: RelayCommand, stream_id: int, body: bytes) -> bytes:
     return head + body + bytes(size - HEADER.size - len(body))
 
 
-def encode_data(stream_id: int, data: bytes) -> bytes:
+def encode_data(stream_id: int, data: bytes | bytearray) -> bytes:
     """The payload area of a DATA message (hot path)."""
     return _frame(RelayCommand.DATA, stream_id, data)
 

@@ -175,7 +175,7 @@ class RelayCircuit:
         """Bytes the exit may send now (whole DATA cells the windows allow)."""
         return self.streams.sendable(stream_id) * MAX_DATA
 
-    def send_data(self, stream_id: int, data: bytes) -> list[bytes]:
+    def send_data(self, stream_id: int, data: bytes | bytearray) -> list[bytes]:
         """Bodies carrying ``data`` to the client (within ``sendable``)."""
         cells = -(-len(data) // MAX_DATA)
         if cells > self.streams.sendable(stream_id):

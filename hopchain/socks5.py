@@ -102,7 +102,7 @@ class Socks5Server:
         self._username: bytes | None = None
         self._password: bytes | None = None
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes from the app."""
         self._buffer += data
 

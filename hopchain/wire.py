@@ -133,7 +133,7 @@ class RecordOpener:
         self._buffer = bytearray()
         self._pending_length: int | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         """Add received bytes."""
         self._buffer += data
 

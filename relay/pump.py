@@ -33,7 +33,7 @@ class CircuitEnd(Protocol):
 
     def sendable(self, stream_id: int) -> int: ...
 
-    def send_data(self, stream_id: int, data: bytes) -> list[bytes]: ...
+    def send_data(self, stream_id: int, data: bytes | bytearray) -> list[bytes]: ...
 
     def consumed(self, stream_id: int, cells: int) -> list[bytes]: ...
 
@@ -115,7 +115,7 @@ class StreamPump:
                 scope.shield = True
                 await self._socket.aclose()
 
-    async def _upload(self, data: bytes) -> None:
+    async def _upload(self, data: bytes | bytearray) -> None:
         """Send ``data`` as the windows allow (other streams share the circuit's)."""
         while data:
             allowed = self._circuit.sendable(self.stream_id)
