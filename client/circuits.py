@@ -38,7 +38,6 @@ from hopchain.messages import (
     Truncated,
 )
 from hopchain.path import PathConstraints, select_path
-from hopchain.relaycircuit import MAX_EARLY
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -81,7 +80,6 @@ class ClientCircuitHandle:
     waiting: dict[int, _Reply] = field(default_factory=dict)
     credit: CreditSignal = field(default_factory=CreditSignal)
     build_reply: _Reply | None = None
-    early_left: int = MAX_EARLY
     on_overflow: Callable[["ClientCircuitHandle"], None] | None = None
 
     @property
@@ -89,19 +87,17 @@ class ClientCircuitHandle:
         """Built and not closed."""
         return self.core.state is CircuitState.OPEN and not self.link.closed
 
-    def send(self, bodies: list[bytes]) -> None:
-        """Queue relay cells on the circuit's link.
+    def send(self, bodies: list[bytes], *, early: bool = False) -> None:
+        """Queue relay cells on the circuit's link (RELAY_EARLY if ``early``).
 
-        The first ``MAX_EARLY`` cells of every circuit go out as RELAY_EARLY,
-        whatever they carry, so each relay sees the same number of them and
-        cannot tell from that how many hops follow it (EXTENDs must be among
-        them; a circuit never needs more than ``MAX_EARLY`` extensions).
+        Only EXTEND goes out as RELAY_EARLY, as in Tor.  That lets each relay
+        count how many EXTENDs pass it, so the guard learns the path length
+        and a hop learns how many hops follow it; the alternative (sending a
+        fixed number of RELAY_EARLY cells) would instead tell the exit the
+        path length, and the exit is the hop that sees destinations.
         """
+        command = CellCommand.RELAY_EARLY if early else CellCommand.RELAY
         for body in bodies:
-            command = CellCommand.RELAY
-            if self.early_left > 0:
-                self.early_left -= 1
-                command = CellCommand.RELAY_EARLY
             if not self.link.send(self.circ_id, command, body):
                 if self.on_overflow is not None:
                     self.on_overflow(self)
@@ -222,7 +218,9 @@ class CircuitManager:
                 core.on_created(reply)
                 for spec in specs[1:]:
                     handle.build_reply = _Reply()
-                    handle.send([core.extend(spec, secrets.token_bytes(32))])
+                    handle.send(
+                        [core.extend(spec, secrets.token_bytes(32))], early=True
+                    )
                     if not isinstance(await handle.build_reply.wait(), Extended):
                         raise CircuitError("circuit closed while extending")
             except BaseException:

@@ -140,7 +140,7 @@ class ClientNode:
             self.manager = manager
             try:
                 await manager.circuit_for(self.config.warm_port)
-            except (CircuitError, PathSelectionError) as exc:
+            except (CircuitError, DirectoryError, PathSelectionError) as exc:
                 logger.warning("first circuit failed: %s", exc)
             nursery.start_soon(self._refresh_loop)
             nursery.start_soon(

@@ -13,7 +13,13 @@ import trio
 from hopchain.client.circuits import CircuitManager
 from hopchain.relay.net import RECEIVE_CHUNK
 
-from hopchain.errors import CircuitError, PathSelectionError, Socks5Error, StreamError
+from hopchain.errors import (
+    CircuitError,
+    DirectoryError,
+    PathSelectionError,
+    Socks5Error,
+    StreamError,
+)
 from hopchain.messages import EndReason
 from hopchain.socks5 import (
     ConnectRequest,
@@ -71,7 +77,7 @@ async def handle_socks(stream: trio.abc.Stream, manager: CircuitManager) -> None
             logger.info("stream failed: %s", exc)
             await _reply(stream, reply_for_end(EndReason(exc.reason)))
             return
-        except (CircuitError, PathSelectionError) as exc:
+        except (CircuitError, DirectoryError, PathSelectionError) as exc:
             logger.warning("no circuit for a stream: %s", exc)
             await _reply(stream, Reply.GENERAL_FAILURE)
             return

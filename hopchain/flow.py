@@ -6,8 +6,9 @@ circuit as a whole, a *send window* and a *receive window*, counted in DATA
 
 * The sender may have at most ``window`` DATA cells sent and not yet credited.
 * The receiver credits cells with SENDME only after the application has
-  consumed their bytes (written them to its socket), in steps of a quarter
-  window, so a slow reader stops the sender instead of filling relay queues.
+  consumed their bytes (written them to its socket), once at least a quarter
+  window has been consumed, so a slow reader stops the sender instead of
+  filling relay queues.
 * Credit is authenticated by construction: a SENDME for more cells than were
   sent and not yet credited, or DATA beyond the window, is a protocol
   violation that closes the circuit.
@@ -55,7 +56,7 @@ class SendWindow:
         """Apply a SENDME.
 
         Raises:
-            FlowControlError: credit for bytes never sent.
+            FlowControlError: credit for cells never sent.
         """
         if not 0 < n <= self.unacked:
             raise FlowControlError(f"sendme credits {n} cells, {self.unacked} unacked")
@@ -172,7 +173,7 @@ class StreamTable:
         """Apply credit from the peer.
 
         Raises:
-            FlowControlError: credit for bytes never sent.
+            FlowControlError: credit for cells never sent.
         """
         if message.stream_id == 0:
             self.send.credit(message.credit)

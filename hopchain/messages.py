@@ -126,7 +126,7 @@ class Extended:
 
 @dataclass(frozen=True, slots=True)
 class Truncated:
-    """The circuit ends at the sending hop: it could not reach the next hop."""
+    """The circuit ends at the sending hop: it could not or would not extend."""
 
     reason: EndReason
 

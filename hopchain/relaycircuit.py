@@ -16,7 +16,11 @@ Extension rules (checked here, before any network work):
   cells per circuit, which bounds the path to ``onion.MAX_HOPS`` hops;
 * one extension at a time, and none once the circuit goes on past this hop
   (after a failed extension this hop is the last one again and may retry);
-* never to this relay itself nor back to the previous hop.
+* never to this relay itself nor back to the previous hop;
+* never on a circuit that already carries streams.
+
+(The relay shell also refuses extensions to private or non-IP addresses
+outside a test network: ``RelayNode._may_extend_to``.)
 
 As an exit the circuit keeps a ``StreamTable`` with the same windows as the
 client, so a client that ignores flow control is caught here.

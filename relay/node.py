@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 EXTEND_TIMEOUT: Final = 15.0
 CONNECT_TIMEOUT: Final = 20.0
 PUBLISH_RETRY: Final = 2.0
+_QUEUE_REFUSED: Final = "link closed, or circuit queue full (flow control ignored)"
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Circuit:
     next_id: int = 0
     pumps: dict[int, StreamPump] = field(default_factory=dict)
     connecting: dict[int, trio.CancelScope] = field(default_factory=dict)
+    half_closed: set[int] = field(default_factory=set)
     credit: CreditSignal = field(default_factory=CreditSignal)
     closed: bool = False
 
@@ -270,7 +272,7 @@ class RelayNode:
             if isinstance(result, Forward):
                 assert circuit.next is not None
                 if not circuit.next.send(circuit.next_id, cell.command, result.body):
-                    raise ProtocolError("circuit queue full: flow control ignored")
+                    raise ProtocolError(_QUEUE_REFUSED)
             elif isinstance(result, Deliver):
                 self._deliver(circuit, result.message)
             elif isinstance(result, Respond):
@@ -289,7 +291,7 @@ class RelayNode:
     def _send_back(self, circuit: _Circuit, bodies: list[bytes]) -> None:
         for body in bodies:
             if not circuit.prev.send(circuit.prev_id, CellCommand.RELAY, body):
-                raise ProtocolError("circuit queue full: flow control ignored")
+                raise ProtocolError(_QUEUE_REFUSED)
 
     def _sender(self, circuit: _Circuit) -> Callable[[list[bytes]], None]:
         def send(bodies: list[bytes]) -> None:
@@ -350,8 +352,10 @@ class RelayNode:
                     else:
                         pump.abort()
                 scope = circuit.connecting.get(sid)
-                if scope is not None:
+                if scope is not None and reason != EndReason.DONE:
                     scope.cancel()
+                elif scope is not None:
+                    circuit.half_closed.add(sid)  # EOF once connected
             case Sendme():
                 circuit.credit.fire()
 
@@ -444,6 +448,9 @@ class RelayNode:
         pump = StreamPump(sid, socket, circuit.core, send, circuit.credit)
         circuit.pumps[sid] = pump
         send([circuit.core.originate(Connected(sid, address))])
+        if sid in circuit.half_closed:
+            circuit.half_closed.discard(sid)
+            pump.remote_end()
         try:
             await pump.run()
         finally:

@@ -1,5 +1,6 @@
 """End to end: real clients through a whole network on loopback."""
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -224,3 +225,25 @@ async def test_dirty_idle_circuits_are_retired(testnet: LoopbackNet) -> None:
     assert not any(h.is_open for h in manager._circuits.values())
     # Each relay dropped the destroyed circuit too.
     assert not any(r._by_prev or r._by_next for r in testnet.relays)
+
+
+async def test_expired_consensus_fails_the_stream_not_the_client(
+    testnet: LoopbackNet,
+) -> None:
+    manager = testnet.client.manager
+    assert manager is not None
+    fresh = testnet.client._consensus
+    assert fresh is not None
+    manager._dirtiness = 0.0  # every stream needs a new circuit, so a consensus
+    testnet.client._consensus = dataclasses.replace(fresh, valid_until=0.0)
+
+    def attempt() -> None:
+        with _socks_socket(testnet) as sock:
+            sock.connect(("127.0.0.1", testnet.origin_port))
+
+    with trio.fail_after(30), pytest.raises(socks.GeneralProxyError, match="0x01"):
+        await trio.to_thread.run_sync(attempt)
+    testnet.client._consensus = fresh
+    with trio.fail_after(30):
+        peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+    assert peer in testnet.exit_addresses
