@@ -112,6 +112,8 @@ class ClientCircuit:
             raise CircuitError(f"extend on a {self.state.value} circuit")
         if len(self.hops) >= onion.MAX_HOPS:
             raise CircuitError(f"circuit already has {onion.MAX_HOPS} hops")
+        if self.streams.streams:
+            raise CircuitError("extend on a circuit that carries streams")
         self._start(relay, ephemeral_secret)
         assert self._pending is not None
         message = Extend(
@@ -212,6 +214,8 @@ class ClientCircuit:
 
     def send_data(self, stream_id: int, data: bytes | bytearray) -> list[bytes]:
         """Bodies carrying ``data``; the caller keeps within ``sendable``."""
+        if self.state is not CircuitState.OPEN:
+            raise CircuitError(f"data on a {self.state.value} circuit")
         cells = -(-len(data) // MAX_DATA)
         if cells > self.streams.sendable(stream_id):
             raise FlowControlError("send past the window")

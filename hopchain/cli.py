@@ -5,6 +5,7 @@ the trio shells (lazily, per subcommand); the protocol core never does.
 """
 
 import argparse
+import ipaddress
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -230,6 +231,18 @@ def _ready(line: str) -> None:
     print(line, flush=True)
 
 
+def _check_relay_address(address: str) -> None:
+    """A relay publishes its address: it must be one concrete IP address."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError as exc:
+        raise ConfigError(f"--address must be an IP address, not {address!r}") from exc
+    if ip.is_unspecified:
+        raise ConfigError(
+            "--address must be the address clients reach, not 0.0.0.0 or ::"
+        )
+
+
 def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     from hopchain.crypto.keys import IdentityKey
     from hopchain.relay.authority import AuthorityNode
@@ -264,6 +277,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
 
     if not args.nickname.isalnum() or len(args.nickname) > 32:
         raise ConfigError("--nickname must be 1..32 letters and digits")
+    _check_relay_address(args.address)
     if args.country and (len(args.country) != 2 or not args.country.isalpha()):
         raise ConfigError("--country must be a two-letter code")
     authorities = [AuthorityAddress.parse(a) for a in args.authority]

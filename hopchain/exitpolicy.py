@@ -35,11 +35,26 @@ REFUSED_NETWORKS: Final = tuple(
 )
 
 
+_NAT64: Final = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE: Final = ipaddress.ip_network("::/96")
+
+
 def normalise(address: str) -> Address:
-    """Parse an address and unwrap IPv4-mapped IPv6 (``::ffff:a.b.c.d``)."""
+    """Parse an address and unwrap IPv6 forms that carry an IPv4 address.
+
+    IPv4-mapped (``::ffff:a.b.c.d``), NAT64 (``64:ff9b::a.b.c.d``), 6to4
+    (``2002:AABB:CCDD::``) and IPv4-compatible (``::a.b.c.d``) addresses can
+    all lead to an IPv4 host, so they are judged as that IPv4 address.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from hopchain.directory import Consensus, Descriptor, RouterStatus
 from hopchain.errors import PathSelectionError
+from hopchain.exitpolicy import normalise
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,9 +34,9 @@ class PathConstraints:
 
 
 def _subnet(address: str) -> str:
-    ip = ipaddress.ip_address(address)
+    ip = normalise(address)
     prefix = 16 if ip.version == 4 else 32
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def _conflicts(a: Descriptor, b: Descriptor, same_subnet_ok: bool) -> bool:

@@ -18,12 +18,16 @@ Forward (client to hop k, 1-based; hops 1..k-1 only forward):
 Backward (hop j to the client):
 
     hop j sends      C_j | T_j | JUNK_j            (JUNK_j: 7 keyed slots)
-    hop i < j adds   AEAD over the payload area, pushes T_i in front of the
-                     stack and drops the stack's last slot (always junk).
+    hop i < j adds   AEAD over the payload area with the stack's last slot
+                     (always junk) as associated data, drops that slot and
+                     pushes T_i in front of the stack.
 
-    The client opens layer 1, 2, ...; after layer i, if the slots that remain
-    equal hop i's junk, hop i sent the cell.  Every byte is thereby checked:
-    tags by AEAD, junk by comparison.
+    The client first finds the sender: the one hop j whose junk equals the
+    slots after T_1 .. T_j.  Knowing j, it recomputes every junk slot a hop
+    dropped on the way and opens layer 1, 2, ..., j with those slots as
+    associated data.  Every byte any hop saw is thereby checked: tags by
+    AEAD, visible junk by comparison, dropped junk as associated data, so an
+    exit cannot hide a mark in a slot that the guard reads and then drops.
 
 Each (hop, direction) has its own key and a message counter used as the AEAD
 nonce, so a replayed, dropped or reordered cell fails to authenticate.
@@ -113,21 +117,32 @@ def unwrap_backward(hops: list[HopKeys], body: bytes) -> tuple[int, bytes]:
         (index of the hop that sent the cell, plaintext payload area).
 
     Raises:
-        CellAuthError: a layer or the sender's junk does not verify.
+        CellAuthError: no hop's junk matches, or a layer does not verify.
     """
     m = _split(body)
-    payload = body[:m]
     stack = body[m:]
-    for i, hop in enumerate(hops):
+    origin = -1
+    junk = b""
+    for j, hop in enumerate(hops):
+        junk = keystream(hop.junk, hop.backward_count, TAIL_BYTES)
+        visible = stack[SLOT * (j + 1) :]
+        if hmac.compare_digest(visible, junk[: len(visible)]):
+            origin = j
+            break
+    if origin < 0:
+        raise CellAuthError("backward cell matches no hop")
+    payload = body[:m]
+    for i in range(origin + 1):
+        hop = hops[i]
         tag = stack[SLOT * i : SLOT * (i + 1)]
-        payload = aead_open(hop.backward, hop.backward_count, payload + tag, None)
-        rest = stack[SLOT * (i + 1) :]
-        junk = keystream(hop.junk, hop.backward_count, len(rest))
-        if hmac.compare_digest(rest, junk):
-            for earlier in hops[: i + 1]:
-                earlier.backward_count += 1
-            return i, payload
-    raise CellAuthError("backward cell matches no hop")
+        dropped = None
+        if i < origin:
+            index = MAX_HOPS - 1 - origin + i
+            dropped = junk[SLOT * index : SLOT * (index + 1)]
+        payload = aead_open(hop.backward, hop.backward_count, payload + tag, dropped)
+    for hop in hops[: origin + 1]:
+        hop.backward_count += 1
+    return origin, payload
 
 
 # --- relay side ------------------------------------------------------------
@@ -149,9 +164,13 @@ def peel_forward(hop: HopKeys, body: bytes) -> bytes:
 
 
 def add_backward(hop: HopKeys, body: bytes) -> bytes:
-    """Add this relay's layer to a backward cell it forwards towards the client."""
+    """Add this relay's layer to a backward cell it forwards towards the client.
+
+    The stack's last slot is dropped, and authenticated as associated data.
+    """
     m = _split(body)
-    sealed = aead_seal(hop.backward, hop.backward_count, body[:m], None)
+    dropped = body[m + TAIL_BYTES :]
+    sealed = aead_seal(hop.backward, hop.backward_count, body[:m], dropped)
     hop.backward_count += 1
     return sealed + body[m : m + TAIL_BYTES]
 

@@ -1,0 +1,114 @@
+"""User mistakes on the command line get one clear line, never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+KEY = "ab" * 32
+
+
+def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hopchain", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            [
+                "relay",
+                "--nickname",
+                "r",
+                "--address",
+                "0.0.0.0",
+                "--authority",
+                f"127.0.0.1:7000={KEY}",
+            ],
+            "--address must be the address clients reach",
+        ),
+        (
+            [
+                "relay",
+                "--nickname",
+                "r",
+                "--address",
+                "relay.example",
+                "--authority",
+                f"127.0.0.1:7000={KEY}",
+            ],
+            "--address must be an IP address",
+        ),
+        (
+            [
+                "relay",
+                "--nickname",
+                "r!",
+                "--address",
+                "127.0.0.2",
+                "--authority",
+                f"127.0.0.1:7000={KEY}",
+            ],
+            "--nickname must be",
+        ),
+        (["client", "--authority", "127.0.0.1:7000"], "is not HOST:PORT=HEXKEY"),
+        (["client", "--authority", "127.0.0.1:7000=abcd"], "key must be 64 hex digits"),
+        (["demo", "--relays", "2"], "--relays must be at least 3"),
+        (["demo", "--exits", "5"], "--exits must be between 1 and relays - 1"),
+    ],
+)
+def test_bad_arguments_give_one_clear_error(
+    args: list[str], message: str, tmp_path: Path
+) -> None:
+    if args[0] == "relay":
+        args = [*args, "--data-dir", str(tmp_path / "keys")]
+    result = hopchain(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_world_readable_key_file_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    (keys / "identity.key").write_bytes(os.urandom(32))
+    (keys / "identity.key").chmod(0o644)
+    result = hopchain(
+        "relay",
+        "--nickname",
+        "r",
+        "--address",
+        "127.0.0.2",
+        "--authority",
+        f"127.0.0.1:7000={KEY}",
+        "--data-dir",
+        str(keys),
+    )
+    assert result.returncode == 2
+    assert "readable by group or others" in result.stderr
+    assert "chmod 600" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_shared_data_directory_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    keys.chmod(0o755)
+    result = hopchain("authority", "--data-dir", str(keys), "--port", "0")
+    assert result.returncode == 2
+    assert "chmod 700" in result.stderr
+
+
+def test_help_explains_every_subcommand() -> None:
+    for command in ("demo", "authority", "relay", "client"):
+        result = hopchain(command, "--help")
+        assert result.returncode == 0
+        assert "usage: hopchain " + command in result.stdout
