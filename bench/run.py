@@ -91,13 +91,31 @@ def main() -> None:
     try:
         deadline = time.monotonic() + 120
         assert demo.stdout is not None
+        authority = ""
         for line in demo.stdout:
             print(f"demo: {line.rstrip()}", flush=True)
-            if line.startswith("SOCKS5 proxy:"):
+            if line.startswith("authority:"):
+                authority = line.split()[1]
                 break
             if time.monotonic() > deadline:
                 raise SystemExit("demo did not come up in 120 s")
         before = rss_of_nodes(str(data_dir))
+        builds = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "bench" / "circuit_build.py"),
+                "--authority",
+                authority,
+                "--n",
+                "20",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        (out / "hopchain-circuit-build.json").write_text(builds.stdout)
+        print("hopchain circuit build:", builds.stdout.strip(), flush=True)
         command = [
             sys.executable,
             str(SHARED_BENCH / "run-anchor.py"),

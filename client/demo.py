@@ -187,6 +187,9 @@ async def run_demo(options: DemoOptions) -> None:
                 f"({options.exits} exits), {options.hops}-hop circuits.\n"
                 f"SOCKS5 proxy: {socks}\n"
                 f"  try: curl --socks5-hostname {socks} http://127.0.0.1:8000/\n"
+                f"authority: {authority_arg}\n"
+                f"  (another client: hopchain client --test-network "
+                f"--authority {authority_arg} --socks-port 9150)\n"
                 f"logs: {root}/*.log\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
