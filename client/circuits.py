@@ -28,6 +28,7 @@ from hopchain.errors import (
     ProtocolError,
     StreamError,
 )
+from hopchain.isolation import IsolationKey
 from hopchain.messages import (
     Connected,
     Data,
@@ -80,7 +81,14 @@ class ClientCircuitHandle:
     waiting: dict[int, _Reply] = field(default_factory=dict)
     credit: CreditSignal = field(default_factory=CreditSignal)
     build_reply: _Reply | None = None
+    isolation: IsolationKey | None = None
+    epoch: int = 0
     on_overflow: Callable[["ClientCircuitHandle"], None] | None = None
+
+    @property
+    def exit_label(self) -> str:
+        """The exit's nickname and country, for status output."""
+        return f"{self.exit.nickname} ({self.exit.country or '??'})"
 
     @property
     def is_open(self) -> bool:
@@ -130,26 +138,42 @@ class CircuitManager:
         self._build_lock = trio.Lock()
         self._circuits: dict[tuple[Link, int], ClientCircuitHandle] = {}
         self.built = 0
+        self.epoch = 0
+
+    def newnym(self) -> None:
+        """New streams get new circuits from now on (Tor's NEWNYM).
+
+        Circuits in use keep their streams; they are retired when idle.
+        """
+        self.epoch += 1
 
     # --- circuits ------------------------------------------------------------
 
-    async def circuit_for(self, port: int) -> ClientCircuitHandle:
-        """An open circuit whose exit accepts ``port`` (building one if needed).
+    async def circuit_for(
+        self, port: int, isolation: IsolationKey | None = None
+    ) -> ClientCircuitHandle:
+        """An open circuit for a stream to ``port`` with this isolation key.
+
+        A circuit that no stream has used yet is bound to the first key it
+        serves; ``None`` (warm-up builds) binds nothing.
 
         Raises:
             CircuitError: every build attempt failed.
             PathSelectionError: the directory has no suitable path.
         """
-        found = self._reusable(port)
-        if found is not None:
-            return found
-        async with self._build_lock:
-            found = self._reusable(port)
-            if found is not None:
-                return found
-            return await self.build(port)
+        found = self._reusable(port, isolation)
+        if found is None:
+            async with self._build_lock:
+                found = self._reusable(port, isolation)
+                if found is None:
+                    found = await self.build(port)
+        if isolation is not None and found.isolation is None:
+            found.isolation = isolation
+        return found
 
-    def _reusable(self, port: int) -> ClientCircuitHandle | None:
+    def _reusable(
+        self, port: int, isolation: IsolationKey | None
+    ) -> ClientCircuitHandle | None:
         now = trio.current_time()
         self._retire_idle(now)
         for handle in sorted(self._circuits.values(), key=lambda h: -h.built_at):
@@ -157,6 +181,8 @@ class CircuitManager:
                 handle.is_open
                 and now - handle.built_at < self._dirtiness
                 and handle.exit.allows_exit_to(port)
+                and handle.isolation in (None, isolation)
+                and handle.epoch == self.epoch
             ):
                 return handle
         return None
@@ -186,6 +212,7 @@ class CircuitManager:
                 last = exc
                 continue
             handle.built_at = trio.current_time()
+            handle.epoch = self.epoch
             self.built += 1
             logger.info(
                 "circuit built: %d hops in %.0f ms",
@@ -229,14 +256,12 @@ class CircuitManager:
         return handle
 
     def _retire_idle(self, now: float) -> None:
-        """Destroy circuits past the dirtiness period that carry no stream."""
+        """Destroy idle circuits that are past the dirtiness period or NEWNYM."""
         for handle in list(self._circuits.values()):
-            if (
-                handle.is_open
-                and now - handle.built_at >= self._dirtiness
-                and not handle.pumps
-                and not handle.waiting
-            ):
+            stale = (
+                now - handle.built_at >= self._dirtiness or handle.epoch != self.epoch
+            )
+            if handle.is_open and stale and not handle.pumps and not handle.waiting:
                 self._destroy(handle)
 
     def _destroy(self, handle: ClientCircuitHandle, *, notify: bool = True) -> None:
@@ -254,6 +279,28 @@ class CircuitManager:
         if handle.build_reply is not None:
             handle.build_reply.set(_CLOSED)
         handle.credit.fire()
+
+    def describe(self) -> list[dict[str, object]]:
+        """The open circuits, for status output (no destinations)."""
+        now = trio.current_time()
+        groups: dict[IsolationKey | None, int] = {}
+        out: list[dict[str, object]] = []
+        for handle in self._circuits.values():
+            if not handle.is_open:
+                continue
+            group = groups.setdefault(handle.isolation, len(groups))
+            out.append(
+                {
+                    "id": handle.circ_id,
+                    "exit": handle.exit_label,
+                    "hops": len(handle.core.hops),
+                    "age_s": round(now - handle.built_at, 1),
+                    "streams": len(handle.pumps),
+                    "isolation_group": group,
+                    "fresh": handle.epoch == self.epoch,
+                }
+            )
+        return out
 
     def close_all(self) -> None:
         """Destroy every circuit (used by tests and on shutdown)."""
@@ -343,7 +390,11 @@ class CircuitManager:
     # --- streams -------------------------------------------------------------
 
     async def open_stream(
-        self, host: str, port: int, socket: trio.abc.Stream
+        self,
+        host: str,
+        port: int,
+        socket: trio.abc.Stream,
+        isolation: IsolationKey | None = None,
     ) -> tuple[ClientCircuitHandle, StreamPump]:
         """Open a stream to host:port through a circuit; returns once CONNECTED.
 
@@ -355,7 +406,7 @@ class CircuitManager:
             CircuitError, PathSelectionError: no circuit could be had.
         """
         for attempt in range(2):
-            handle = await self.circuit_for(port)
+            handle = await self.circuit_for(port, isolation)
             sid, body = handle.core.open_stream(host, port)
             pump = StreamPump(sid, socket, handle.core, handle.send, handle.credit)
             waiter = _Reply()

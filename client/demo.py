@@ -38,6 +38,7 @@ class DemoOptions:
     hops: int
     data_dir: Path | None
     log_level: str
+    client_argv: list[str]
 
 
 class _Child:
@@ -174,9 +175,10 @@ async def run_demo(options: DemoOptions) -> None:
                     authority_arg,
                     "--socks-port",
                     str(options.socks_port),
-                    "--hops",
-                    str(options.hops),
+                    "--data-dir",
+                    str(root / "client"),
                     "--test-network",
+                    *options.client_argv,
                     *common,
                 ],
                 stopping,
@@ -190,6 +192,7 @@ async def run_demo(options: DemoOptions) -> None:
                 f"authority: {authority_arg}\n"
                 f"  (another client: hopchain client --test-network "
                 f"--authority {authority_arg} --socks-port 9150)\n"
+                f"status: hopchain doctor --data-dir {root / 'client'}\n"
                 f"logs: {root}/*.log\n"
                 "Press Ctrl-C to stop.",
                 flush=True,

@@ -1,15 +1,24 @@
-"""The local client: fetches the consensus, builds circuits, serves SOCKS5."""
+"""The local client: fetches the consensus, builds circuits, serves SOCKS5.
+
+It keeps its state in a private data directory (mode 0700): today the
+control socket (``control.sock``) that ``hopchain doctor`` and ``hopchain
+newnym`` talk to.
+"""
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 import trio
 from hopchain.client.circuits import CircuitManager
-from hopchain.client.socks import handle_socks
+from hopchain.client.control import ControlServer, open_control_listener
+from hopchain.client.socks import SocksListener, SocksOptions
+from hopchain.client.stats import ClientStats
 from hopchain.relay import dirclient
 from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.keystore import ensure_private_dir
 from hopchain.relay.net import Network, bound_port, wall_clock
 
 from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
@@ -20,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 BOOTSTRAP_RETRY: Final = 1.0
 REFRESH_INTERVAL: Final = 60.0
+CONTROL_SOCKET: Final = "control.sock"
 
 
 @dataclass
@@ -34,6 +44,13 @@ class ClientConfig:
     dirtiness: float = 600.0
     bootstrap_timeout: float = 120.0
     warm_port: int = 80
+    socks: SocksOptions = field(default_factory=SocksOptions)
+    data_dir: Path | None = None
+
+    @property
+    def control_path(self) -> Path | None:
+        """Where the control socket listens (None: no control socket)."""
+        return None if self.data_dir is None else self.data_dir / CONTROL_SOCKET
 
 
 class ClientNode:
@@ -47,6 +64,7 @@ class ClientNode:
         self.rng = rng
         self._consensus: Consensus | None = None
         self.manager: CircuitManager | None = None
+        self.stats = ClientStats()
         self.socks_port = config.socks_port
 
     @property
@@ -127,6 +145,11 @@ class ClientNode:
             self.config.socks_host, self.config.socks_port
         )
         self.socks_port = bound_port(listeners)
+        control = None
+        if self.config.control_path is not None:
+            assert self.config.data_dir is not None
+            ensure_private_dir(self.config.data_dir)
+            control = await open_control_listener(self.config.control_path)
         async with trio.open_nursery() as nursery:
             manager = CircuitManager(
                 self.network,
@@ -143,17 +166,33 @@ class ClientNode:
             except (CircuitError, DirectoryError, PathSelectionError) as exc:
                 logger.warning("first circuit failed: %s", exc)
             nursery.start_soon(self._refresh_loop)
-            nursery.start_soon(
-                trio.serve_listeners,
-                lambda s: handle_socks(s, manager),
-                listeners,
-            )
+            socks = SocksListener(manager, self.config.socks, self.stats)
+            nursery.start_soon(trio.serve_listeners, socks.handle, listeners)
+            if control is not None:
+                server = ControlServer(self.status, manager.newnym)
+                nursery.start_soon(trio.serve_listeners, server.handle, [control])
             logger.info(
                 "SOCKS5 proxy listening on %s:%d",
                 self.config.socks_host,
                 self.socks_port,
             )
             task_status.started(self.socks_port)
+
+    def status(self) -> dict[str, object]:
+        """What ``hopchain doctor`` shows: counts, circuits' exits, consensus."""
+        consensus = self._consensus
+        return {
+            "stats": self.stats.as_dict(),
+            "circuits": [] if self.manager is None else self.manager.describe(),
+            "consensus": None
+            if consensus is None
+            else {
+                "relays": len(consensus.relays),
+                "exits": sum("Exit" in r.flags for r in consensus.relays),
+                "valid_until": consensus.valid_until,
+            },
+            "hops": self.config.hops,
+        }
 
     async def _refresh_loop(self) -> None:
         while True:

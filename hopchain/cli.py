@@ -10,13 +10,18 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hopchain._version import __version__
+
+if TYPE_CHECKING:
+    from hopchain.client.socks import SocksOptions
 from hopchain.errors import ConfigError, HopchainError
 
 logger = logging.getLogger("hopchain")
 
 DEFAULT_SOCKS_PORT = 9050
+DEFAULT_CLIENT_DIR = Path("~/.hopchain/client").expanduser()
 
 
 def _positive_hops(text: str) -> int:
@@ -93,16 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="client SOCKS5 port (default 9050)",
     )
     demo.add_argument(
-        "--hops",
-        type=_positive_hops,
-        default=3,
-        help="hops per circuit, 1..8 (default 3)",
-    )
-    demo.add_argument(
         "--data-dir",
         type=Path,
         help="keys and logs (default: a new temporary directory, removed on exit)",
     )
+    _add_client_options(demo)
     _add_common(demo)
 
     authority = sub.add_parser(
@@ -208,15 +208,100 @@ def build_parser() -> argparse.ArgumentParser:
         help="SOCKS5 port (default 9050)",
     )
     client.add_argument(
-        "--hops", type=_positive_hops, default=3, help="hops per circuit, 1..8"
-    )
-    client.add_argument(
         "--test-network",
         action="store_true",
         help="allow relays on one subnet (needed for loopback networks)",
     )
+    client.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_CLIENT_DIR,
+        help=f"client state and control socket (default {DEFAULT_CLIENT_DIR})",
+    )
+    _add_client_options(client)
     _add_common(client)
+
+    for name, text in (
+        ("doctor", "report what a running client sees, in plain words"),
+        ("newnym", "make a running client use new circuits for new streams"),
+    ):
+        command = sub.add_parser(
+            name, help=text, description=text[0].upper() + text[1:] + "."
+        )
+        command.add_argument(
+            "--data-dir",
+            type=Path,
+            default=DEFAULT_CLIENT_DIR,
+            help=f"the client's data directory (default {DEFAULT_CLIENT_DIR}; "
+            "hopchain demo prints its own)",
+        )
+        _add_common(command)
     return parser
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the client that ``hopchain demo`` hands to its client too."""
+    parser.add_argument(
+        "--hops",
+        type=_positive_hops,
+        default=3,
+        help="hops per circuit, 1..8 (default 3)",
+    )
+    parser.add_argument(
+        "--isolate-dest-addr",
+        action="store_true",
+        help="streams to different destination hosts never share a circuit",
+    )
+    parser.add_argument(
+        "--isolate-dest-port",
+        action="store_true",
+        help="streams to different destination ports never share a circuit",
+    )
+    parser.add_argument(
+        "--socks-auth",
+        metavar="USER:PASS",
+        help="require this SOCKS5 username and password (shared machines); "
+        "otherwise any credentials are accepted and only isolate streams",
+    )
+    parser.add_argument(
+        "--max-pending",
+        type=int,
+        default=256,
+        help="app connections allowed in their handshake at once (default 256)",
+    )
+
+
+def _client_argv(args: argparse.Namespace) -> list[str]:
+    """The client options in ``args`` as command-line words (for the demo)."""
+    argv = ["--hops", str(args.hops), "--max-pending", str(args.max_pending)]
+    if args.isolate_dest_addr:
+        argv.append("--isolate-dest-addr")
+    if args.isolate_dest_port:
+        argv.append("--isolate-dest-port")
+    if args.socks_auth:
+        argv += ["--socks-auth", args.socks_auth]
+    return argv
+
+
+def _socks_options(args: argparse.Namespace) -> "SocksOptions":
+    from hopchain.client.socks import SocksOptions
+    from hopchain.isolation import IsolationRules
+
+    required = None
+    if args.socks_auth:
+        user, sep, password = args.socks_auth.partition(":")
+        if not sep or not 0 < len(user) < 256 or not 0 < len(password) < 256:
+            raise ConfigError("--socks-auth must be USER:PASS, each 1..255 bytes")
+        required = (user.encode(), password.encode())
+    if args.max_pending < 1:
+        raise ConfigError("--max-pending must be at least 1")
+    return SocksOptions(
+        isolation=IsolationRules(
+            dest_addr=args.isolate_dest_addr, dest_port=args.isolate_dest_port
+        ),
+        required_credentials=required,
+        max_pending=args.max_pending,
+    )
 
 
 def _configure_logging(level: str) -> None:
@@ -322,6 +407,8 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         socks_port=args.socks_port,
         hops=args.hops,
         test_network=args.test_network,
+        socks=_socks_options(args),
+        data_dir=args.data_dir,
     )
     node = ClientNode(config, TcpNetwork(), random.SystemRandom())
 
@@ -335,6 +422,26 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     return run
 
 
+def _control_command(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.client.control import request
+    from hopchain.client.doctor import report
+    from hopchain.client.node import CONTROL_SOCKET
+
+    path = args.data_dir / CONTROL_SOCKET
+
+    async def run() -> None:
+        reply = await request(path, "status" if args.command == "doctor" else "newnym")
+        if not reply.get("ok"):
+            raise ConfigError(f"the client refused: {reply.get('error')}")
+        if args.command == "doctor":
+            status = reply.get("status")
+            print(report(status if isinstance(status, dict) else {}), flush=True)
+        else:
+            print("ok: new streams will use new circuits", flush=True)
+
+    return run
+
+
 def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     from hopchain.client.demo import DemoOptions, run_demo
 
@@ -342,6 +449,7 @@ def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         raise ConfigError(f"--relays must be at least {max(3, args.hops)}")
     if not 1 <= args.exits <= args.relays - 1:
         raise ConfigError("--exits must be between 1 and relays - 1")
+    _socks_options(args)  # refuse bad client options before starting anything
     options = DemoOptions(
         relays=args.relays,
         exits=args.exits,
@@ -349,6 +457,7 @@ def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         hops=args.hops,
         data_dir=args.data_dir,
         log_level=args.log_level,
+        client_argv=_client_argv(args),
     )
     return lambda: run_demo(options)
 
@@ -358,6 +467,8 @@ _COMMANDS = {
     "relay": _relay,
     "client": _client,
     "demo": _demo,
+    "doctor": _control_command,
+    "newnym": _control_command,
 }
 
 

@@ -1,7 +1,9 @@
 """Server side of SOCKS5 (RFC 1928) with username/password (RFC 1929).
 
 Incremental and bounded: feed bytes with ``receive_data``; ``next_action``
-returns what to do, consuming exactly the bytes it parsed.  Only CONNECT is
+returns what to do, consuming exactly the bytes it parsed.  Credentials are
+accepted as given and used for stream isolation, unless the server requires
+one fixed username and password (for shared machines).  Only CONNECT is
 served; BIND and UDP ASSOCIATE are answered "command not supported".  The
 parser never resolves names: a domain-name target is passed on as a string
 for the exit to resolve.
@@ -13,6 +15,7 @@ for the exit to resolve.
 """
 
 import enum
+import hmac
 import ipaddress
 from dataclasses import dataclass
 from typing import Final
@@ -96,9 +99,17 @@ class _State(enum.Enum):
 class Socks5Server:
     """Incremental SOCKS5 server handshake (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, required_credentials: tuple[bytes, bytes] | None = None) -> None:
+        """Start a handshake.
+
+        Args:
+            required_credentials: (username, password) every app must give;
+                None accepts no authentication and any credentials (which
+                then only select stream isolation, as in Tor).
+        """
         self._buffer = bytearray()
         self._state = _State.GREETING
+        self._required = required_credentials
         self._username: bytes | None = None
         self._password: bytes | None = None
 
@@ -138,12 +149,14 @@ class Socks5Server:
             return None
         methods = bytes(buf[2:end])
         del buf[:end]
-        if NO_AUTH in methods:
-            self._state = _State.REQUEST
-            return Action(reply=bytes([5, NO_AUTH]))
+        # Prefer username/password when offered, as Tor does: the credentials
+        # are what IsolateSOCKSAuth isolates by.
         if USERNAME_PASSWORD in methods:
             self._state = _State.AUTH
             return Action(reply=bytes([5, USERNAME_PASSWORD]))
+        if NO_AUTH in methods and self._required is None:
+            self._state = _State.REQUEST
+            return Action(reply=bytes([5, NO_AUTH]))
         self._state = _State.DONE
         return Action(reply=bytes([5, NO_ACCEPTABLE]), close=True)
 
@@ -163,6 +176,12 @@ class Socks5Server:
         self._username = bytes(buf[2 : 2 + ulen])
         self._password = bytes(buf[3 + ulen : end])
         del buf[:end]
+        if self._required is not None and not (
+            hmac.compare_digest(self._username, self._required[0])
+            & hmac.compare_digest(self._password, self._required[1])
+        ):
+            self._state = _State.DONE
+            return Action(reply=bytes([1, 1]), close=True)
         self._state = _State.REQUEST
         return Action(reply=bytes([1, 0]))
 

@@ -24,6 +24,7 @@ SHARED_SHELL = {
     "hopchain.relay.link",
     "hopchain.relay.pump",
     "hopchain.relay.dirclient",
+    "hopchain.relay.keystore",
 }
 
 

@@ -82,9 +82,18 @@ SUCCESS_CASES = [
         id="no-auth ipv4",
     ),
     pytest.param(
-        b"\x05\x03\x02\x80\x00" + connect(3, domain(b"example.com"), 443),
+        b"\x05\x02\x80\x00" + connect(3, domain(b"example.com"), 443),
         [NO_AUTH_OK, Action(request=ConnectRequest("example.com", 443, None, None))],
-        id="no-auth preferred, domain",
+        id="no-auth among unknown methods, domain",
+    ),
+    pytest.param(
+        b"\x05\x03\x02\x80\x00" + AUTH + connect(3, domain(b"example.com"), 443),
+        [
+            Action(reply=b"\x05\x02"),
+            Action(reply=b"\x01\x00"),
+            Action(request=ConnectRequest("example.com", 443, b"user", b"secret")),
+        ],
+        id="username/password preferred over no-auth (isolation), domain",
     ),
     pytest.param(
         GREET_NO_AUTH + connect(4, ipaddress.IPv6Address("2001:db8::1").packed, 65535),
@@ -231,7 +240,7 @@ def test_socks5_needs_more_bytes_returns_none() -> None:
     assert server.next_action() is None
     server.receive_data(b"\x05\x02\x00")
     assert server.next_action() is None
-    server.receive_data(b"\x02")
+    server.receive_data(b"\x80")
     assert server.next_action() == NO_AUTH_OK
     server.receive_data(b"\x05\x01\x00\x03\x09abc")
     assert server.next_action() is None
@@ -328,3 +337,20 @@ def test_reply_for_end_covers_every_reason() -> None:
 @pytest.mark.parametrize("code", list(Reply))
 def test_encode_reply(code: Reply) -> None:
     assert encode_reply(code) == bytes([5, code, 0, 1, 0, 0, 0, 0, 0, 0])
+
+
+def test_required_credentials_are_checked() -> None:
+    required = (b"user", b"secret")
+    good = Socks5Server(required)
+    good.receive_data(GREET_USERPASS + AUTH)
+    assert good.next_action() == Action(reply=b"\x05\x02")
+    assert good.next_action() == Action(reply=b"\x01\x00")
+
+    wrong = Socks5Server(required)
+    wrong.receive_data(GREET_USERPASS + b"\x01\x04user\x05wrong")
+    assert wrong.next_action() == Action(reply=b"\x05\x02")
+    assert wrong.next_action() == Action(reply=b"\x01\x01", close=True)
+
+    no_auth_only = Socks5Server(required)
+    no_auth_only.receive_data(GREET_NO_AUTH)
+    assert no_auth_only.next_action() == Action(reply=b"\x05\xff", close=True)

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import trio
@@ -43,8 +44,11 @@ async def _origin_handler(stream: trio.SocketStream) -> None:
     async with stream:
         reader = BufferedReader(stream)
         line = b""
-        while not line.endswith(b"\n") and len(line) < 100:
-            line += await reader.read_exactly(1)
+        try:
+            while not line.endswith(b"\n") and len(line) < 100:
+                line += await reader.read_exactly(1)
+        except EOFError:
+            return  # the client connected and left without a request
         command = line.decode().split()
         if command[0] == "ECHO":
             peer = stream.socket.getpeername()[0]
@@ -85,8 +89,11 @@ class LoopbackNet:
         )
 
 
-async def start_testnet(nursery: trio.Nursery) -> LoopbackNet:
-    """Start authority, relays, origin and client; return when SOCKS is up."""
+async def start_testnet(nursery: trio.Nursery, **client_options: Any) -> LoopbackNet:
+    """Start authority, relays, origin and client; return when SOCKS is up.
+
+    ``client_options`` are extra ``ClientConfig`` fields (socks, data_dir...).
+    """
     network = TcpNetwork()
     authority = AuthorityNode(
         IdentityKey(seed("authority")), "127.0.0.1", 0, network, test_network=True
@@ -115,7 +122,11 @@ async def start_testnet(nursery: trio.Nursery) -> LoopbackNet:
     origin_port = origin[0].socket.getsockname()[1]
     client = ClientNode(
         ClientConfig(
-            authorities=[pinned], socks_port=0, test_network=True, bootstrap_timeout=30
+            authorities=[pinned],
+            socks_port=0,
+            test_network=True,
+            bootstrap_timeout=30,
+            **client_options,
         ),
         network,
         random.Random(1),
