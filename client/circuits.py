@@ -19,7 +19,7 @@ from typing import Final
 import trio
 from hopchain.relay.link import LINK_SETUP_ERRORS, Link, initiate
 from hopchain.relay.net import Network
-from hopchain.relay.pump import CreditSignal, StreamPump
+from hopchain.relay.stream import CircuitStream, CreditSignal
 
 from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
 from hopchain.directory import Consensus, Descriptor
@@ -77,7 +77,7 @@ class ClientCircuitHandle:
     circ_id: int
     exit: Descriptor
     built_at: float = 0.0
-    pumps: dict[int, StreamPump] = field(default_factory=dict)
+    streams: dict[int, CircuitStream] = field(default_factory=dict)
     waiting: dict[int, _Reply] = field(default_factory=dict)
     credit: CreditSignal = field(default_factory=CreditSignal)
     build_reply: _Reply | None = None
@@ -261,7 +261,7 @@ class CircuitManager:
             stale = (
                 now - handle.built_at >= self._dirtiness or handle.epoch != self.epoch
             )
-            if handle.is_open and stale and not handle.pumps and not handle.waiting:
+            if handle.is_open and stale and not handle.streams and not handle.waiting:
                 self._destroy(handle)
 
     def _destroy(self, handle: ClientCircuitHandle, *, notify: bool = True) -> None:
@@ -272,8 +272,8 @@ class CircuitManager:
             handle.link.send(
                 handle.circ_id, CellCommand.DESTROY, bytes([EndReason.DESTROYED])
             )
-        for pump in handle.pumps.values():
-            pump.abort()
+        for stream in handle.streams.values():
+            stream.abort()
         for reply in handle.waiting.values():
             reply.set(_CLOSED)
         if handle.build_reply is not None:
@@ -295,7 +295,7 @@ class CircuitManager:
                     "exit": handle.exit_label,
                     "hops": len(handle.core.hops),
                     "age_s": round(now - handle.built_at, 1),
-                    "streams": len(handle.pumps),
+                    "streams": len(handle.streams),
                     "isolation_group": group,
                     "fresh": handle.epoch == self.epoch,
                 }
@@ -362,20 +362,20 @@ class CircuitManager:
         message = received.message
         match message:
             case Data(stream_id=sid, data=data):
-                pump = handle.pumps.get(sid)
-                if pump is not None:
-                    pump.deliver(data)
+                stream = handle.streams.get(sid)
+                if stream is not None:
+                    stream.deliver(data)
             case Connected(stream_id=sid) | End(stream_id=sid):
                 waiter = handle.waiting.pop(sid, None)
                 if waiter is not None:
                     waiter.set(message)
                     return
-                pump = handle.pumps.get(sid)
-                if pump is not None and isinstance(message, End):
+                stream = handle.streams.get(sid)
+                if stream is not None and isinstance(message, End):
                     if message.reason == EndReason.DONE:
-                        pump.remote_end()
+                        stream.remote_end()
                     else:
-                        pump.abort()
+                        stream.abort()
             case Sendme():
                 handle.credit.fire()
             case Extended():
@@ -390,34 +390,31 @@ class CircuitManager:
     # --- streams -------------------------------------------------------------
 
     async def open_stream(
-        self,
-        host: str,
-        port: int,
-        socket: trio.abc.Stream,
-        isolation: IsolationKey | None = None,
-    ) -> tuple[ClientCircuitHandle, StreamPump]:
+        self, host: str, port: int, isolation: IsolationKey | None = None
+    ) -> tuple[ClientCircuitHandle, CircuitStream]:
         """Open a stream to host:port through a circuit; returns once CONNECTED.
 
         Data that the exit sends right after CONNECTED is buffered in the
-        returned pump, so server-first protocols lose nothing.
+        returned stream, so server-first protocols lose nothing.  The caller
+        closes the stream and then calls ``release``.
 
         Raises:
             StreamError: the exit refused or could not connect (with reason).
-            CircuitError, PathSelectionError: no circuit could be had.
+            CircuitError, DirectoryError, PathSelectionError: no circuit.
         """
         for attempt in range(2):
             handle = await self.circuit_for(port, isolation)
             sid, body = handle.core.open_stream(host, port)
-            pump = StreamPump(sid, socket, handle.core, handle.send, handle.credit)
+            stream = CircuitStream(sid, handle.core, handle.send, handle.credit)
             waiter = _Reply()
             handle.waiting[sid] = waiter
-            handle.pumps[sid] = pump
+            handle.streams[sid] = stream
             handle.send([body])
             with trio.move_on_after(STREAM_TIMEOUT):
                 result = await waiter.wait()
                 if isinstance(result, Connected):
-                    return handle, pump
-                handle.pumps.pop(sid, None)
+                    return handle, stream
+                handle.streams.pop(sid, None)
                 if isinstance(result, End):
                     raise StreamError(
                         f"exit ended the stream: {result.reason.name}", result.reason
@@ -430,13 +427,13 @@ class CircuitManager:
                 raise StreamError(
                     "circuit closed before connected", EndReason.DESTROYED
                 )
-            handle.pumps.pop(sid, None)
+            handle.streams.pop(sid, None)
             handle.waiting.pop(sid, None)
             handle.send(handle.core.end_stream(sid, EndReason.TIMEOUT))
             raise StreamError("exit did not answer in time", EndReason.TIMEOUT)
         raise StreamError("circuit closed before connected", EndReason.DESTROYED)
 
-    def release(self, handle: ClientCircuitHandle, pump: StreamPump) -> None:
+    def release(self, handle: ClientCircuitHandle, stream: CircuitStream) -> None:
         """Forget a finished stream (and retire its circuit if it is dirty)."""
-        handle.pumps.pop(pump.stream_id, None)
+        handle.streams.pop(stream.stream_id, None)
         self._retire_idle(trio.current_time())

@@ -15,6 +15,7 @@ import trio
 from hopchain.client.circuits import CircuitManager
 from hopchain.client.stats import ClientStats
 from hopchain.relay.net import RECEIVE_CHUNK
+from hopchain.relay.pump import splice
 
 from hopchain.errors import (
     CircuitError,
@@ -58,7 +59,7 @@ class SocksListener:
         self._stats = stats
         self._pending = 0
 
-    async def handle(self, stream: trio.abc.Stream) -> None:
+    async def handle(self, stream: trio.SocketStream) -> None:
         """Serve one app connection."""
         async with stream:
             if self._pending >= self._options.max_pending:
@@ -108,7 +109,7 @@ class SocksListener:
         return None
 
     async def _connect(
-        self, stream: trio.abc.Stream, request: ConnectRequest, early: bytes
+        self, stream: trio.SocketStream, request: ConnectRequest, early: bytes
     ) -> None:
         self._stats.request("socks5", request.host)
         key = isolation_key(
@@ -121,8 +122,8 @@ class SocksListener:
         )
         manager = self._manager
         try:
-            handle, pump = await manager.open_stream(
-                request.host, request.port, stream, key
+            handle, circuit_stream = await manager.open_stream(
+                request.host, request.port, key
             )
         except StreamError as exc:
             logger.info("stream failed: %s", exc)
@@ -133,12 +134,12 @@ class SocksListener:
             await _reply(stream, Reply.GENERAL_FAILURE)
             return
         self._stats.exits_used[handle.exit_label] += 1
-        if not await _reply(stream, Reply.SUCCEEDED):
-            pump.abort()
         try:
-            await pump.run(early)
+            if await _reply(stream, Reply.SUCCEEDED):
+                await splice(stream, circuit_stream, early)
         finally:
-            manager.release(handle, pump)
+            await circuit_stream.aclose()
+            manager.release(handle, circuit_stream)
 
 
 async def _reply(stream: trio.abc.Stream, code: Reply) -> bool:

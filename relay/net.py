@@ -25,7 +25,7 @@ class Network(Protocol):
 
     async def connect(
         self, host: str, port: int, *, local_address: str | None = None
-    ) -> trio.abc.Stream:
+    ) -> trio.abc.HalfCloseableStream:
         """Open a stream to host:port (optionally from local_address)."""
         ...
 
@@ -47,7 +47,7 @@ class TcpNetwork:
 
     async def connect(
         self, host: str, port: int, *, local_address: str | None = None
-    ) -> trio.abc.Stream:
+    ) -> trio.abc.HalfCloseableStream:
         """Open a TCP connection, bound to ``local_address`` when given."""
         return await trio.open_tcp_stream(host, port, local_address=local_address)
 

@@ -24,7 +24,8 @@ from hopchain.relay.link import (
     respond,
 )
 from hopchain.relay.net import Network, bound_port, wall_clock
-from hopchain.relay.pump import CreditSignal, StreamPump
+from hopchain.relay.pump import splice
+from hopchain.relay.stream import CircuitStream, CreditSignal
 
 from hopchain import exitpolicy
 from hopchain.crypto import handshake
@@ -75,7 +76,7 @@ class _Circuit:
     prev_id: int
     next: Link | None = None
     next_id: int = 0
-    pumps: dict[int, StreamPump] = field(default_factory=dict)
+    streams: dict[int, CircuitStream] = field(default_factory=dict)
     connecting: dict[int, trio.CancelScope] = field(default_factory=dict)
     half_closed: set[int] = field(default_factory=set)
     credit: CreditSignal = field(default_factory=CreditSignal)
@@ -317,8 +318,8 @@ class RelayNode:
             self._by_next.pop((circuit.next, circuit.next_id), None)
             if circuit.next is not notify_source:
                 circuit.next.send(circuit.next_id, CellCommand.DESTROY, destroy)
-        for pump in circuit.pumps.values():
-            pump.abort()
+        for stream in circuit.streams.values():
+            stream.abort()
         for scope in circuit.connecting.values():
             scope.cancel()
         circuit.credit.fire()
@@ -340,17 +341,17 @@ class RelayNode:
                     self._guarded, circuit, self._exit_stream, message
                 )
             case Data(stream_id=sid, data=data):
-                pump = circuit.pumps.get(sid)
-                if pump is None:
+                stream = circuit.streams.get(sid)
+                if stream is None:
                     raise ProtocolError("data before connected")
-                pump.deliver(data)
+                stream.deliver(data)
             case End(stream_id=sid, reason=reason):
-                pump = circuit.pumps.get(sid)
-                if pump is not None:
+                stream = circuit.streams.get(sid)
+                if stream is not None:
                     if reason == EndReason.DONE:
-                        pump.remote_end()
+                        stream.remote_end()
                     else:
-                        pump.abort()
+                        stream.abort()
                 scope = circuit.connecting.get(sid)
                 if scope is not None and reason != EndReason.DONE:
                     scope.cancel()
@@ -445,20 +446,20 @@ class RelayNode:
             if not scope.cancelled_caught:
                 await socket.aclose()  # the client ended the stream meanwhile
             return
-        pump = StreamPump(sid, socket, circuit.core, send, circuit.credit)
-        circuit.pumps[sid] = pump
+        stream = CircuitStream(sid, circuit.core, send, circuit.credit)
+        circuit.streams[sid] = stream
         send([circuit.core.originate(Connected(sid, address))])
         if sid in circuit.half_closed:
             circuit.half_closed.discard(sid)
-            pump.remote_end()
+            stream.remote_end()
         try:
-            await pump.run()
+            await splice(socket, stream)
         finally:
-            circuit.pumps.pop(sid, None)
+            circuit.streams.pop(sid, None)
 
     async def connect_to_destination(
         self, host: str, port: int
-    ) -> tuple[trio.abc.Stream, str]:
+    ) -> tuple[trio.abc.HalfCloseableStream, str]:
         """Resolve host here, check every address against policy, connect.
 
         Raises:

@@ -23,6 +23,7 @@ SHARED_SHELL = {
     "hopchain.relay.net",
     "hopchain.relay.link",
     "hopchain.relay.pump",
+    "hopchain.relay.stream",
     "hopchain.relay.dirclient",
     "hopchain.relay.keystore",
 }
