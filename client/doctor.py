@@ -34,7 +34,8 @@ def report(status: dict[str, Any]) -> str:
         kinds = ", ".join(f"{n} over {proto}" for proto, n in sorted(by_ip.items()))
         lines.append(
             f"DNS LEAK: {_plural(sum(by_ip.values()), 'request')} arrived as bare "
-            f"IP addresses ({kinds}): the app looked the name up itself, so your "
+            f"IP addresses ({kinds}): unless you typed an address, the app looked "
+            "the name up itself, so your "
             "own DNS server saw where you were going. Fix: let the proxy resolve "
             "names: curl --socks5-hostname (not --socks5), socks5h:// (not "
             "socks5://) in proxy URLs, SOCKS4a (not SOCKS4), or the HTTP proxy."

@@ -111,7 +111,7 @@ class SocksListener:
     async def _connect(
         self, stream: trio.SocketStream, request: ConnectRequest, early: bytes
     ) -> None:
-        self._stats.request("socks5", request.host)
+        self._stats.request("socks5", by_name=request.by_name)
         key = isolation_key(
             self._options.isolation,
             listener="socks",

@@ -6,18 +6,8 @@ traffic, and how often a limit was hit.  Destinations and client addresses
 are never recorded.
 """
 
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass, field
-
-
-def is_ip_literal(host: str) -> bool:
-    """Whether ``host`` is an IP address rather than a name."""
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass
@@ -30,12 +20,13 @@ class ClientStats:
     exits_used: Counter[str] = field(default_factory=Counter)
     limits_hit: Counter[str] = field(default_factory=Counter)
 
-    def request(self, protocol: str, host: str) -> None:
-        """Count one app request; a bare IP means the app resolved DNS itself."""
-        if is_ip_literal(host):
-            self.requests_by_ip[protocol] += 1
-        else:
+    def request(self, protocol: str, *, by_name: bool) -> None:
+        """Count one app request; an IP address type means the app resolved
+        the name itself (as Tor's WarnUnsafeSocks, judged by address type)."""
+        if by_name:
             self.requests_by_name += 1
+        else:
+            self.requests_by_ip[protocol] += 1
 
     def as_dict(self) -> dict[str, object]:
         """A JSON-ready snapshot."""

@@ -68,12 +68,17 @@ def encode_reply(code: Reply) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
-    """A parsed CONNECT: host is a domain name or an IP literal."""
+    """A parsed CONNECT: host is a domain name or an IP literal.
+
+    ``by_name`` is False when the app sent an IP address type (ATYP 1 or 4):
+    it resolved the name itself, which is a DNS leak on its side.
+    """
 
     host: str
     port: int
     username: bytes | None
     password: bytes | None
+    by_name: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +222,9 @@ class Socks5Server:
         if port == 0:
             raise Socks5Error("port 0", Reply.GENERAL_FAILURE)
         return Action(
-            request=ConnectRequest(host, port, self._username, self._password)
+            request=ConnectRequest(
+                host, port, self._username, self._password, by_name=atyp == 3
+            )
         )
 
 

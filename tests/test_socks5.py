@@ -78,7 +78,10 @@ NO_AUTH_OK = Action(reply=b"\x05\x00")
 SUCCESS_CASES = [
     pytest.param(
         GREET_NO_AUTH + connect(1, bytes([192, 0, 2, 1]), 80),
-        [NO_AUTH_OK, Action(request=ConnectRequest("192.0.2.1", 80, None, None))],
+        [
+            NO_AUTH_OK,
+            Action(request=ConnectRequest("192.0.2.1", 80, None, None, by_name=False)),
+        ],
         id="no-auth ipv4",
     ),
     pytest.param(
@@ -97,7 +100,12 @@ SUCCESS_CASES = [
     ),
     pytest.param(
         GREET_NO_AUTH + connect(4, ipaddress.IPv6Address("2001:db8::1").packed, 65535),
-        [NO_AUTH_OK, Action(request=ConnectRequest("2001:db8::1", 65535, None, None))],
+        [
+            NO_AUTH_OK,
+            Action(
+                request=ConnectRequest("2001:db8::1", 65535, None, None, by_name=False)
+            ),
+        ],
         id="no-auth ipv6",
     ),
     pytest.param(
@@ -114,7 +122,7 @@ SUCCESS_CASES = [
         [
             Action(reply=b"\x05\x02"),
             Action(reply=b"\x01\x00"),
-            Action(request=ConnectRequest("0.0.0.0", 1, b"", b"")),
+            Action(request=ConnectRequest("0.0.0.0", 1, b"", b"", by_name=False)),
         ],
         id="empty username/password",
     ),
