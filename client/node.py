@@ -38,7 +38,7 @@ class ClientConfig:
 
     authorities: list[AuthorityAddress]
     socks_host: str = "127.0.0.1"
-    socks_port: int = 9050
+    socks_port: int | None = 9050
     hops: int = 3
     test_network: bool = False
     dirtiness: float = 600.0
@@ -65,7 +65,7 @@ class ClientNode:
         self._consensus: Consensus | None = None
         self.manager: CircuitManager | None = None
         self.stats = ClientStats()
-        self.socks_port = config.socks_port
+        self.socks_port = config.socks_port or 0
 
     @property
     def consensus(self) -> Consensus:
@@ -139,12 +139,18 @@ class ClientNode:
     async def serve(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Bootstrap, build a first circuit, and serve SOCKS5 until cancelled."""
+        """Bootstrap, build a first circuit, and serve the app ports until cancelled.
+
+        Reports the bound SOCKS port through ``task_status`` (0 when the
+        client runs without a SOCKS port, as the Python API does).
+        """
         await self.bootstrap()
-        listeners = await self.network.listen(
-            self.config.socks_host, self.config.socks_port
-        )
-        self.socks_port = bound_port(listeners)
+        listeners = []
+        if self.config.socks_port is not None:
+            listeners = await self.network.listen(
+                self.config.socks_host, self.config.socks_port
+            )
+            self.socks_port = bound_port(listeners)
         control = None
         if self.config.control_path is not None:
             assert self.config.data_dir is not None
@@ -166,17 +172,18 @@ class ClientNode:
             except (CircuitError, DirectoryError, PathSelectionError) as exc:
                 logger.warning("first circuit failed: %s", exc)
             nursery.start_soon(self._refresh_loop)
-            socks = SocksListener(manager, self.config.socks, self.stats)
-            nursery.start_soon(trio.serve_listeners, socks.handle, listeners)
+            if listeners:
+                socks = SocksListener(manager, self.config.socks, self.stats)
+                nursery.start_soon(trio.serve_listeners, socks.handle, listeners)
+                logger.info(
+                    "SOCKS5 proxy listening on %s:%d",
+                    self.config.socks_host,
+                    self.socks_port,
+                )
             if control is not None:
                 server = ControlServer(self.status, manager.newnym)
                 nursery.start_soon(trio.serve_listeners, server.handle, [control])
-            logger.info(
-                "SOCKS5 proxy listening on %s:%d",
-                self.config.socks_host,
-                self.socks_port,
-            )
-            task_status.started(self.socks_port)
+            task_status.started(self.socks_port or 0)
 
     def status(self) -> dict[str, object]:
         """What ``hopchain doctor`` shows: counts, circuits' exits, consensus."""
