@@ -9,11 +9,14 @@ protocol so tests can check every byte:
     BYTES <n>\\n -> n bytes of ``pattern(n)``, then closes
 """
 
+import errno
 import functools
 import hashlib
+import ipaddress
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import trio
@@ -27,6 +30,46 @@ from hopchain.crypto.keys import IdentityKey, OnionKey
 
 RELAYS = 5
 EXITS = 2
+
+
+class LoopbackOnlyNetwork(TcpNetwork):
+    """TCP for the test network that cannot reach anything off this machine.
+
+    Every node of the test network uses it: connections go only to
+    127.0.0.0/8 and ::1, and names resolve from a local table, never through
+    a DNS server.  Anything else is refused *and* recorded, and the fixture
+    fails the test, so a bug (or a browser's background request through the
+    proxy) cannot send a packet elsewhere.
+    """
+
+    NAMES: ClassVar[dict[str, list[str]]] = {"localhost": ["127.0.0.1", "::1"]}
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+
+    async def connect(
+        self, host: str, port: int, *, local_address: str | None = None
+    ) -> trio.abc.HalfCloseableStream:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            self.violations.append(f"connect {host}:{port}")
+            raise OSError(errno.ECONNREFUSED, f"test network: {host} is off limits")
+        return await super().connect(host, port, local_address=local_address)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        if host in self.NAMES:
+            return self.NAMES[host]
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            self.violations.append(f"resolve {host}")
+            raise OSError(
+                -2, f"test network resolves no outside names: {host}"
+            ) from None
+        return [host]
 
 
 def seed(label: str) -> bytes:
@@ -73,6 +116,7 @@ class LoopbackNet:
     relays: list[RelayNode]
     client: ClientNode
     origin_port: int
+    network: LoopbackOnlyNetwork
 
     @property
     def socks_port(self) -> int:
@@ -94,7 +138,7 @@ async def start_testnet(nursery: trio.Nursery, **client_options: Any) -> Loopbac
 
     ``client_options`` are extra ``ClientConfig`` fields (socks, data_dir...).
     """
-    network = TcpNetwork()
+    network = LoopbackOnlyNetwork()
     authority = AuthorityNode(
         IdentityKey(seed("authority")), "127.0.0.1", 0, network, test_network=True
     )
@@ -132,11 +176,12 @@ async def start_testnet(nursery: trio.Nursery, **client_options: Any) -> Loopbac
         random.Random(1),
     )
     await nursery.start(client.serve)
-    return LoopbackNet(authority, relays, client, origin_port)
+    return LoopbackNet(authority, relays, client, origin_port, network)
 
 
 @pytest.fixture
-async def testnet(nursery: trio.Nursery) -> LoopbackNet:
+async def testnet(nursery: trio.Nursery) -> AsyncIterator[LoopbackNet]:
     with trio.fail_after(60):
         net = await start_testnet(nursery)
-    return net
+    yield net
+    assert net.network.violations == [], "the test network tried to leave loopback"
