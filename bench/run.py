@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_BENCH = ROOT.parent / "shared" / "bench"
 
 
-def rss_of_nodes(marker: str) -> dict[str, dict[str, int]]:
-    """VmRSS and VmHWM (KiB) of every process whose command line has marker."""
+def rss_of_nodes(demo_pid: int) -> dict[str, dict[str, int]]:
+    """VmRSS and VmHWM (KiB) of the demo and every node process it started."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -39,7 +39,8 @@ def rss_of_nodes(marker: str) -> dict[str, dict[str, int]]:
             status = (entry / "status").read_text()
         except OSError:
             continue
-        if not any(marker.encode() in a for a in argv):
+        ppid = int(status.split("PPid:", 1)[1].split()[0])
+        if demo_pid not in (ppid, int(entry.name)):
             continue
         args = [a.decode(errors="replace") for a in argv if a]
         if "-m" not in args or "hopchain" not in args:
@@ -99,7 +100,7 @@ def main() -> None:
                 break
             if time.monotonic() > deadline:
                 raise SystemExit("demo did not come up in 120 s")
-        before = rss_of_nodes(str(data_dir))
+        before = rss_of_nodes(demo.pid)
         builds = subprocess.run(
             [
                 sys.executable,
@@ -130,7 +131,7 @@ def main() -> None:
         ]
         print("running:", " ".join(command), flush=True)
         subprocess.run(command, check=True, timeout=3600)
-        after = rss_of_nodes(str(data_dir))
+        after = rss_of_nodes(demo.pid)
     finally:
         demo.send_signal(signal.SIGTERM)
         try:
