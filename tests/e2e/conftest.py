@@ -62,6 +62,8 @@ class LoopbackOnlyNetwork(TcpNetwork):
     async def resolve(self, host: str, port: int) -> list[str]:
         if host in self.NAMES:
             return self.NAMES[host]
+        if host.endswith(".invalid"):  # RFC 6761: never resolves, anywhere
+            raise OSError(-2, f"{host} does not resolve")
         try:
             ipaddress.ip_address(host)
         except ValueError:

@@ -95,14 +95,14 @@ async def test_32_concurrent_streams_complete(testnet: LoopbackNet) -> None:
 
 
 async def _raw_socks(net: LoopbackNet, payload: bytes) -> bytes:
-    """Send raw bytes to the SOCKS port; return what came back before close."""
+    """Send raw bytes and EOF to the SOCKS port; return the answer before close."""
     stream = await trio.open_tcp_stream("127.0.0.1", net.socks_port)
     async with stream:
         await stream.send_all(payload)
+        await stream.send_eof()
         received = b""
-        with trio.move_on_after(10):
-            while data := await stream.receive_some(1024):
-                received += data
+        while data := await stream.receive_some(1024):
+            received += data
         return received
 
 
@@ -245,5 +245,42 @@ async def test_expired_consensus_fails_the_stream_not_the_client(
         await trio.to_thread.run_sync(attempt)
     testnet.client._consensus = fresh
     with trio.fail_after(30):
+        peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+    assert peer in testnet.exit_addresses
+
+
+MALFORMED_SOCKS = {
+    "greeting with 0 methods": b"\x05\x00",
+    "greeting with 255 unknown methods": b"\x05\xff"
+    + bytes(range(3, 256))
+    + b"\x80\x81",
+    "unknown version": b"\x06\x01\x00",
+    "version 0": b"\x00\x01\x00",
+    "domain of length 0": b"\x05\x01\x00\x05\x01\x00\x03\x00\x00\x50",
+    "truncated request then close": b"\x05\x01\x00\x05\x01\x00\x01\x7f",
+    "255-byte domain name": b"\x05\x01\x00\x05\x01\x00\x03\xff"
+    + b"a" * 247
+    + b".invalid\x00\x50",
+    "domain with control bytes": b"\x05\x01\x00\x05\x01\x00\x03\x03a\nb\x00\x50",
+    "RFC 1929 empty fields": b"\x05\x01\x02\x01\x00\x00\x05\x01\x00\x03\x00\x00\x50",
+    "RFC 1929 255-byte fields": b"\x05\x01\x02\x01\xff"
+    + b"u" * 255
+    + b"\xff"
+    + b"p" * 255,
+    "RFC 1929 wrong subnegotiation version": b"\x05\x01\x02\x02\x01u\x01p",
+    "UDP ASSOCIATE": b"\x05\x01\x00\x05\x03\x00\x01\x7f\x00\x00\x01\x00\x50",
+}
+
+
+@pytest.mark.parametrize(
+    "payload", MALFORMED_SOCKS.values(), ids=MALFORMED_SOCKS.keys()
+)
+async def test_malformed_socks_input_never_hurts_the_client(
+    testnet: LoopbackNet, payload: bytes
+) -> None:
+    with trio.fail_after(30):
+        reply = await _raw_socks(testnet, payload)
+        # Whatever came back is a SOCKS reply, never a traceback or garbage.
+        assert reply[:1] in (b"", b"\x05", b"\x01")
         peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
     assert peer in testnet.exit_addresses
