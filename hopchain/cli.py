@@ -479,6 +479,7 @@ async def _until_signalled(run: Callable[[], Awaitable[None]]) -> None:
 
     async def main_task() -> None:
         await run()
+        nursery.cancel_scope.cancel()  # one-shot commands end here
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:

@@ -112,3 +112,10 @@ def test_help_explains_every_subcommand() -> None:
         result = hopchain(command, "--help")
         assert result.returncode == 0
         assert "usage: hopchain " + command in result.stdout
+
+
+def test_doctor_without_a_running_client_says_so(tmp_path: Path) -> None:
+    result = hopchain("doctor", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "no hopchain client answers" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,5 +1,7 @@
 """Stream isolation, NEWNYM, required credentials, the control socket, limits."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,23 @@ async def test_doctor_reports_dns_leaks_and_exits(
     with trio.fail_after(10):
         assert (await request(data_dir / "control.sock", "newnym"))["ok"] is True
         assert (await request(data_dir / "control.sock", "bogus"))["ok"] is False
+
+    def cli(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "hopchain", command, "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    with trio.fail_after(60):
+        doctor = await trio.to_thread.run_sync(cli, "doctor")
+        newnym = await trio.to_thread.run_sync(cli, "newnym")
+    assert doctor.returncode == 0, doctor.stderr
+    assert "DNS LEAK" in doctor.stdout
+    assert newnym.returncode == 0, newnym.stderr
+    assert "new circuits" in newnym.stdout
 
 
 async def test_pending_handshake_limit(nursery: trio.Nursery) -> None:
