@@ -83,6 +83,7 @@ def main() -> None:
             str(args.socks_port),
             "--data-dir",
             str(data_dir),
+            "--no-http",  # the anchor measures the SOCKS port only
             "--log-level",
             "warning",
         ],
