@@ -5,7 +5,9 @@ RELAY_EARLY cells) along a path from ``hopchain.path.select_path``.  A new
 stream reuses the newest open circuit whose exit accepts its port and that
 is younger than the dirtiness period; otherwise a circuit is built for it.
 Link readers handle every incoming cell synchronously; stream tasks wait on
-one-shot ``_Reply`` objects for CREATED/EXTENDED/CONNECTED.
+one-shot ``_Reply`` objects for CREATED/EXTENDED/CONNECTED/RESOLVED.
+``resolve`` asks an exit (any exit: a RESOLVE has no port) to resolve a name
+or an address; the client itself never resolves anything.
 """
 
 import logging
@@ -35,6 +37,7 @@ from hopchain.messages import (
     End,
     EndReason,
     Extended,
+    Resolved,
     Sendme,
     Truncated,
 )
@@ -150,9 +153,11 @@ class CircuitManager:
     # --- circuits ------------------------------------------------------------
 
     async def circuit_for(
-        self, port: int, isolation: IsolationKey | None = None
+        self, port: int | None, isolation: IsolationKey | None = None
     ) -> ClientCircuitHandle:
         """An open circuit for a stream to ``port`` with this isolation key.
+
+        ``port`` None (a RESOLVE) accepts a circuit to any exit.
 
         A circuit that no stream has used yet is bound to the first key it
         serves; ``None`` (warm-up builds) binds nothing.
@@ -172,7 +177,7 @@ class CircuitManager:
         return found
 
     def _reusable(
-        self, port: int, isolation: IsolationKey | None
+        self, port: int | None, isolation: IsolationKey | None
     ) -> ClientCircuitHandle | None:
         now = trio.current_time()
         self._retire_idle(now)
@@ -180,15 +185,15 @@ class CircuitManager:
             if (
                 handle.is_open
                 and now - handle.built_at < self._dirtiness
-                and handle.exit.allows_exit_to(port)
+                and (port is None or handle.exit.allows_exit_to(port))
                 and handle.isolation in (None, isolation)
                 and handle.epoch == self.epoch
             ):
                 return handle
         return None
 
-    async def build(self, port: int) -> ClientCircuitHandle:
-        """Build a fresh circuit for ``port``, retrying on failure."""
+    async def build(self, port: int | None) -> ClientCircuitHandle:
+        """Build a fresh circuit for ``port`` (None: any exit), retrying."""
         last: Exception | None = None
         for _ in range(BUILD_ATTEMPTS):
             path = select_path(
@@ -365,7 +370,9 @@ class CircuitManager:
                 stream = handle.streams.get(sid)
                 if stream is not None:
                     stream.deliver(data)
-            case Connected(stream_id=sid) | End(stream_id=sid):
+            case (
+                Connected(stream_id=sid) | End(stream_id=sid) | Resolved(stream_id=sid)
+            ):
                 waiter = handle.waiting.pop(sid, None)
                 if waiter is not None:
                     waiter.set(message)
@@ -432,6 +439,59 @@ class CircuitManager:
             handle.send(handle.core.end_stream(sid, EndReason.TIMEOUT))
             raise StreamError("exit did not answer in time", EndReason.TIMEOUT)
         raise StreamError("circuit closed before connected", EndReason.DESTROYED)
+
+    async def resolve(
+        self, query: str, *, ptr: bool, isolation: IsolationKey | None = None
+    ) -> list[str]:
+        """Have an exit resolve ``query``: a name's addresses, or (``ptr``) an
+        IP address's name.  Waits as ``open_stream`` does: up to
+        ``STREAM_TIMEOUT``, retrying once if the circuit dies first.
+
+        Raises:
+            StreamError: the exit could not or would not resolve (the
+                RESOLVED or END reason), or did not answer in time.
+            CircuitError, DirectoryError, PathSelectionError: no circuit.
+        """
+        try:
+            for attempt in range(2):
+                handle = await self.circuit_for(None, isolation)
+                result = await self._resolve_on(handle, query, ptr)
+                if isinstance(result, Resolved):
+                    if result.reason is None:
+                        return list(result.answers)
+                    raise StreamError(
+                        f"exit could not resolve: {result.reason.name}", result.reason
+                    )
+                if isinstance(result, End):
+                    raise StreamError(
+                        f"exit ended the resolve: {result.reason.name}", result.reason
+                    )
+                if result is None:
+                    raise StreamError("exit did not answer in time", EndReason.TIMEOUT)
+                if attempt == 0:
+                    logger.info("circuit closed before resolved; retrying on a new one")
+            raise StreamError("circuit closed before resolved", EndReason.DESTROYED)
+        finally:
+            self._retire_idle(trio.current_time())
+
+    async def _resolve_on(
+        self, handle: ClientCircuitHandle, query: str, ptr: bool
+    ) -> object:
+        """RESOLVE on one circuit: what answered (RESOLVED, END, ``_CLOSED``),
+        or None on timeout.  A RESOLVE still pending when this returns or is
+        cancelled gets END(TIMEOUT), so the exit frees its stream id too."""
+        sid, body = handle.core.resolve(query, ptr=ptr)
+        waiter = _Reply()
+        handle.waiting[sid] = waiter
+        try:
+            handle.send([body])
+            result = None
+            with trio.move_on_after(STREAM_TIMEOUT):
+                result = await waiter.wait()
+            return result
+        finally:
+            if handle.waiting.pop(sid, None) is not None:
+                handle.send(handle.core.end_stream(sid, EndReason.TIMEOUT))
 
     def release(self, handle: ClientCircuitHandle, stream: CircuitStream) -> None:
         """Forget a finished stream (and retire its circuit if it is dirty)."""

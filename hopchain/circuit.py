@@ -14,7 +14,10 @@ hop.  States:
 
 Once open, streams are multiplexed with ``open_stream``, ``send_data``,
 ``end_stream`` and ``consumed``; ``receive`` peels the onion layers, checks
-flow control and returns what arrived for the shell to act upon.  The circuit
+flow control and returns what arrived for the shell to act upon.  ``resolve``
+opens a one-shot RESOLVE stream: the exit's RESOLVED frees its id (an END
+from either side ends it too), and DATA or CONNECTED on it is a protocol
+error.  The circuit
 is not thread-safe and does no I/O: every method returns the cell bodies to
 send, in order.
 
@@ -39,6 +42,8 @@ from hopchain.messages import (
     Extend,
     Extended,
     RelayMessage,
+    Resolve,
+    Resolved,
     Sendme,
     Truncated,
     decode,
@@ -182,8 +187,19 @@ class ClientCircuit:
                 self.streams.remote_end(sid, reason)
                 return Received(hop, message), []
             case Connected(stream_id=sid):
-                if self.streams.get(sid) is None:
+                state = self.streams.get(sid)
+                if state is None:
                     return None, []
+                if state.resolve:
+                    raise MessageError(f"connected on resolve stream {sid}")
+                return Received(hop, message), []
+            case Resolved(stream_id=sid):
+                state = self.streams.get(sid)
+                if state is None:
+                    return None, []  # this end gave up on it (END sent)
+                if not state.resolve:
+                    raise MessageError(f"resolved on connect stream {sid}")
+                self.streams.forget(sid)
                 return Received(hop, message), []
             case Drop():
                 return None, []
@@ -194,17 +210,29 @@ class ClientCircuit:
 
     def open_stream(self, host: str, port: int) -> tuple[int, bytes]:
         """Allocate a stream id and the BEGIN body for host:port."""
+        sid = self._new_stream()
+        self.streams.add(sid)
+        return sid, self._wrap(Begin(sid, host, port))
+
+    def resolve(self, query: str, *, ptr: bool = False) -> tuple[int, bytes]:
+        """Allocate a one-shot stream id and the RESOLVE body for ``query``.
+
+        The answer arrives as RESOLVED on that id (``receive``), which frees
+        it; ``end_stream`` gives up on it.
+        """
+        sid = self._new_stream()
+        self.streams.add(sid, resolve=True)
+        return sid, self._wrap(Resolve(sid, query, ptr))
+
+    def _new_stream(self) -> int:
         if self.state is not CircuitState.OPEN:
             raise CircuitError(f"stream on a {self.state.value} circuit")
         for _ in range(0xFFFF):
             sid = self._next_stream
             self._next_stream = sid % 0xFFFF + 1
             if self.streams.get(sid) is None:
-                break
-        else:
-            raise CircuitError("no free stream id")
-        self.streams.add(sid)
-        return sid, self._wrap(Begin(sid, host, port))
+                return sid
+        raise CircuitError("no free stream id")
 
     def sendable(self, stream_id: int) -> int:
         """Bytes the stream may send now (whole DATA cells the windows allow)."""

@@ -43,6 +43,23 @@ class Socks5Error(ProtocolError):
         self.reply_code = reply_code
 
 
+class HttpRequestError(ProtocolError):
+    """A request to the HTTP proxy port that hopchain refuses; carries the status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Socks4Error(ProtocolError):
+    """A malformed SOCKS4 or SOCKS4a request; carries the reply code to answer
+    with (0x5B), or None to close without a reply."""
+
+    def __init__(self, message: str, reply_code: int | None) -> None:
+        super().__init__(message)
+        self.reply_code = reply_code
+
+
 class CircuitError(HopchainError):
     """A circuit was destroyed, truncated, or could not be built."""
 

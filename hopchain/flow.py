@@ -22,6 +22,11 @@ link queues (``relaycircuit.MAX_QUEUED_PER_CIRCUIT``, checked in
 Streams close in two halves: END(DONE) means "no more data from me".  A
 stream is forgotten when both halves are closed; any other END reason aborts
 it at once.
+
+A RESOLVE stream (``add(..., resolve=True)``) is one-shot: it holds its id
+until the one RESOLVED that answers it (``forget``) or an END of any reason,
+and carries no DATA, so it never touches a window: DATA on it is a protocol
+error and it is never sendable.
 """
 
 from dataclasses import dataclass, field
@@ -95,12 +100,13 @@ class ReceiveWindow:
 
 @dataclass(slots=True)
 class StreamState:
-    """Windows and half-close flags of one stream."""
+    """Windows and half-close flags of one stream (``resolve``: one-shot)."""
 
     send: SendWindow = field(default_factory=lambda: SendWindow(STREAM_WINDOW))
     receive: ReceiveWindow = field(default_factory=lambda: ReceiveWindow(STREAM_WINDOW))
     local_done: bool = False
     remote_done: bool = False
+    resolve: bool = False
 
 
 class StreamTable:
@@ -111,15 +117,19 @@ class StreamTable:
         self.send = SendWindow(CIRCUIT_WINDOW)
         self.receive = ReceiveWindow(CIRCUIT_WINDOW)
 
-    def add(self, stream_id: int) -> None:
-        """Start tracking a new stream.
+    def add(self, stream_id: int, *, resolve: bool = False) -> None:
+        """Start tracking a new stream (``resolve``: a one-shot RESOLVE stream).
 
         Raises:
             MessageError: the id is already in use.
         """
         if stream_id in self.streams:
             raise MessageError(f"stream {stream_id} already open")
-        self.streams[stream_id] = StreamState()
+        self.streams[stream_id] = StreamState(resolve=resolve)
+
+    def forget(self, stream_id: int) -> None:
+        """Drop a stream at once (a RESOLVE stream that got its answer)."""
+        self.streams.pop(stream_id, None)
 
     def get(self, stream_id: int) -> StreamState | None:
         """The stream's state, or None when it is unknown or closed."""
@@ -128,7 +138,7 @@ class StreamTable:
     def sendable(self, stream_id: int) -> int:
         """DATA cells the stream may send now (stream and circuit windows)."""
         state = self.streams.get(stream_id)
-        if state is None or state.local_done:
+        if state is None or state.local_done or state.resolve:
             return 0
         return min(state.send.available, self.send.available)
 
@@ -146,11 +156,14 @@ class StreamTable:
 
         Raises:
             FlowControlError: data past a window, or after the peer's END.
+            MessageError: data on a RESOLVE stream.
         """
         self.receive.receive(1)
         state = self.streams.get(stream_id)
         if state is None:
             return False
+        if state.resolve:
+            raise MessageError(f"data on resolve stream {stream_id}")
         if state.remote_done:
             raise FlowControlError("data after end")
         state.receive.receive(1)
@@ -188,7 +201,7 @@ class StreamTable:
         if state is None:
             return
         state.local_done = True
-        if reason != EndReason.DONE or state.remote_done:
+        if reason != EndReason.DONE or state.remote_done or state.resolve:
             del self.streams[stream_id]
 
     def remote_end(self, stream_id: int, reason: EndReason) -> None:
@@ -197,5 +210,5 @@ class StreamTable:
         if state is None:
             return
         state.remote_done = True
-        if reason != EndReason.DONE or state.local_done:
+        if reason != EndReason.DONE or state.local_done or state.resolve:
             del self.streams[stream_id]

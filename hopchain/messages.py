@@ -8,14 +8,23 @@ Two size classes exist (``SMALL`` and ``LARGE``); the sender picks the
 smallest that fits, and pads with zeros, which the layers then encrypt (the
 padding is not checked on receipt: the layer already authenticates it).
 DATA, END, SENDME, EXTENDED and TRUNCATED bodies have a fixed struct layout
-(the hot path never touches msgpack); BEGIN, CONNECTED and EXTEND carry a
-msgpack array that is validated field by field on decode.
+(the hot path never touches msgpack); BEGIN, CONNECTED, EXTEND, RESOLVE and
+RESOLVED carry a msgpack array that is validated field by field on decode.
 
 Stream id 0 means the circuit itself (SENDME for the circuit window, EXTEND,
 EXTENDED, TRUNCATED, DROP); stream messages use ids 1..65535.
+
+RESOLVE asks the exit to resolve a name (or, with ``ptr``, an IP address to
+its name) on a one-shot stream: the id is taken by the RESOLVE and freed by
+the one RESOLVED (or an END) that answers it; no DATA ever flows on it::
+
+    RESOLVE   msgpack [query: str, ptr: bool]          (ptr: query is an IP literal)
+    RESOLVED  msgpack [answers: [str, ...], reason: nil | int]
+              success: 1..MAX_ANSWERS answers and nil; failure: [] and an EndReason
 """
 
 import enum
+import ipaddress
 import struct
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,6 +42,7 @@ BODY_SIZES: Final = frozenset({SMALL_BODY, LARGE_BODY})
 HEADER: Final = struct.Struct(">BHH")
 MAX_DATA: Final = LARGE_PAYLOAD - HEADER.size
 MAX_HOSTNAME: Final = 255
+MAX_ANSWERS: Final = 16
 _U32: Final = struct.Struct(">I")
 
 
@@ -48,6 +58,8 @@ class RelayCommand(enum.IntEnum):
     EXTENDED = 7
     TRUNCATED = 8
     DROP = 9
+    RESOLVE = 10
+    RESOLVED = 11
 
 
 class EndReason(enum.IntEnum):
@@ -136,8 +148,45 @@ class Drop:
     """Padding; ignored by the receiver."""
 
 
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """Resolve ``query`` at the exit, on a one-shot stream answered by RESOLVED.
+
+    With ``ptr`` the query is an IP address and the answer is its name
+    (a reverse lookup, Tor's RESOLVE_PTR); otherwise the query is a host name
+    and the answers are its addresses.
+    """
+
+    stream_id: int
+    query: str
+    ptr: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The exit's answer to RESOLVE, which ends the stream.
+
+    Either ``answers`` (IP literals; one host name for a PTR query) and no
+    ``reason``, or no answers and the ``reason`` the lookup failed.
+    """
+
+    stream_id: int
+    answers: tuple[str, ...] = ()
+    reason: EndReason | None = None
+
+
 RelayMessage = (
-    Data | Begin | Connected | End | Sendme | Extend | Extended | Truncated | Drop
+    Data
+    | Begin
+    | Connected
+    | End
+    | Sendme
+    | Extend
+    | Extended
+    | Truncated
+    | Drop
+    | Resolve
+    | Resolved
 )
 
 
@@ -175,6 +224,12 @@ def encode(message: RelayMessage) -> bytes:
             return _frame(RelayCommand.TRUNCATED, 0, bytes([reason]))
         case Drop():
             return _frame(RelayCommand.DROP, 0, b"")
+        case Resolve(stream_id=sid, query=query, ptr=ptr):
+            return _frame(RelayCommand.RESOLVE, sid, msgpack.packb([query, ptr]))
+        case Resolved(stream_id=sid, answers=answers, reason=reason):
+            code = None if reason is None else int(reason)
+            body = msgpack.packb([list(answers), code])
+            return _frame(RelayCommand.RESOLVED, sid, body)
 
 
 def _unpack_array(body: bytes, length: int) -> list[Any]:
@@ -217,10 +272,45 @@ def _key(value: object) -> bytes:
 def _reason(body: bytes) -> EndReason:
     if len(body) != 1:
         raise MessageError("reason must be one byte")
+    return _reason_code(body[0])
+
+
+def _reason_code(code: int) -> EndReason:
     try:
-        return EndReason(body[0])
+        return EndReason(code)
     except ValueError:
         return EndReason.MISC
+
+
+def _query(value: object, ptr: object) -> tuple[str, bool]:
+    if not isinstance(ptr, bool):
+        raise MessageError("ptr must be a boolean")
+    query = _host(value)
+    if ptr:
+        try:
+            ipaddress.ip_address(query)
+        except ValueError as exc:
+            raise MessageError("a ptr query must be an IP address") from exc
+    return query, ptr
+
+
+def _resolved(sid: int, answers: object, reason: object) -> Resolved:
+    if not isinstance(answers, list) or len(answers) > MAX_ANSWERS:
+        raise MessageError(f"answers must be an array of at most {MAX_ANSWERS}")
+    checked = tuple(_host(a) for a in answers)
+    if not all(a.isascii() for a in checked):
+        raise MessageError("answers must be ascii")
+    if reason is None:
+        if not checked:
+            raise MessageError("resolved with neither answers nor a reason")
+        return Resolved(sid, checked)
+    if isinstance(reason, bool) or not isinstance(reason, int):
+        raise MessageError("reason must be an integer or nil")
+    if not 0 <= reason <= 255:
+        raise MessageError(f"reason out of range: {reason}")
+    if checked:
+        raise MessageError("resolved with both answers and a reason")
+    return Resolved(sid, (), _reason_code(reason))
 
 
 def decode(payload: bytes) -> RelayMessage:
@@ -268,6 +358,11 @@ def decode(payload: bytes) -> RelayMessage:
         return Truncated(_reason(body))
     if command == RelayCommand.DROP:
         return Drop()
+    if command == RelayCommand.RESOLVE:
+        query, ptr = _query(*_unpack_array(body, 2))
+        return Resolve(_stream(sid), query, ptr)
+    if command == RelayCommand.RESOLVED:
+        return _resolved(_stream(sid), *_unpack_array(body, 2))
     raise MessageError(f"unknown relay command {command}")
 
 

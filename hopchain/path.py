@@ -3,7 +3,8 @@
 Each position is drawn with probability proportional to the relay's
 bandwidth among the relays eligible for it:
 
-* exit: Running, Exit flag, its policy accepts the target port;
+* exit: Running, Exit flag, its policy accepts the target port (any exit
+  when the port is None: a RESOLVE has no port);
 * guard: Running and Guard (falling back to Running when no relay has Guard);
 * middles: Running.
 
@@ -26,10 +27,10 @@ from hopchain.exitpolicy import normalise
 
 @dataclass(frozen=True, slots=True)
 class PathConstraints:
-    """What the caller asks of a path."""
+    """What the caller asks of a path (``port`` None: any exit will do)."""
 
     hops: int = 3
-    port: int = 80
+    port: int | None = 80
     same_subnet_ok: bool = False
 
 
@@ -64,15 +65,16 @@ def select_path(
     if not 1 <= constraints.hops <= 8:
         raise ValueError(f"hops must be 1..8, not {constraints.hops}")
     running = [r for r in consensus.relays if "Running" in r.flags]
+    port = constraints.port
     exits = [
         r
         for r in running
-        if "Exit" in r.flags and r.descriptor.allows_exit_to(constraints.port)
+        if "Exit" in r.flags and (port is None or r.descriptor.allows_exit_to(port))
     ]
     if not exits:
+        wanted = "any port" if port is None else f"port {port}"
         raise PathSelectionError(
-            f"no running exit accepts port {constraints.port} "
-            f"({len(running)} running relays)"
+            f"no running exit accepts {wanted} ({len(running)} running relays)"
         )
     chosen = [_weighted(exits, rng).descriptor]
 

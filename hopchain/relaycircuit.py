@@ -7,8 +7,8 @@ A relay holds one ``HopKeys`` per circuit.  A forward cell is peeled; if the
 circuit has been extended the result is forwarded to the next hop, otherwise
 this relay is the last hop and the message is for it.  Backward cells from
 the next hop get this relay's layer added; messages this relay originates
-(EXTENDED, TRUNCATED, and as an exit CONNECTED/DATA/END/SENDME) are sealed
-with ``originate``.
+(EXTENDED, TRUNCATED, and as an exit CONNECTED/DATA/END/SENDME/RESOLVED) are
+sealed with ``originate``.
 
 Extension rules (checked here, before any network work):
 
@@ -23,11 +23,15 @@ Extension rules (checked here, before any network work):
 outside a test network: ``RelayNode._may_extend_to``.)
 
 As an exit the circuit keeps a ``StreamTable`` with the same windows as the
-client, so a client that ignores flow control is caught here.
+client, so a client that ignores flow control is caught here.  A RESOLVE
+takes its stream id in that table as a one-shot stream (a duplicate id is an
+error, DATA on it too) until ``resolved`` sends the one RESOLVED that frees
+it, or the client's END cancels it.
 """
 
 import enum
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +41,7 @@ from hopchain.errors import FlowControlError, MessageError
 from hopchain.flow import CIRCUIT_WINDOW, StreamTable
 from hopchain.messages import (
     LARGE_BODY,
+    MAX_ANSWERS,
     MAX_DATA,
     Begin,
     Data,
@@ -46,6 +51,8 @@ from hopchain.messages import (
     Extend,
     Extended,
     RelayMessage,
+    Resolve,
+    Resolved,
     Sendme,
     Truncated,
     decode,
@@ -140,6 +147,8 @@ class RelayCircuit:
                 self.position = Position.EXTENDING
             case Begin(stream_id=sid):
                 self.streams.add(sid)
+            case Resolve(stream_id=sid):
+                self.streams.add(sid, resolve=True)
             case Data(stream_id=sid):
                 if not self.streams.on_data(sid):
                     return Respond(self.consumed(sid, 1))
@@ -195,6 +204,28 @@ class RelayCircuit:
     def consumed(self, stream_id: int, n: int) -> list[bytes]:
         """SENDMEs after writing ``n`` DATA cells of the stream to its target."""
         return [self.originate(m) for m in self.streams.on_consumed(stream_id, n)]
+
+    def resolved(
+        self,
+        stream_id: int,
+        answers: Sequence[str] = (),
+        reason: EndReason | None = None,
+    ) -> list[bytes]:
+        """RESOLVED for a RESOLVE stream, which frees its id.
+
+        Give either answers (at most ``MAX_ANSWERS`` are sent) or a reason.
+        Returns nothing if the client already ended the stream.
+        """
+        if (reason is None) == (not answers):
+            raise ValueError("resolved needs either answers or a reason")
+        state = self.streams.get(stream_id)
+        if state is None:
+            return []
+        if not state.resolve:
+            raise ValueError(f"stream {stream_id} is not a resolve stream")
+        self.streams.forget(stream_id)
+        answer = Resolved(stream_id, tuple(answers[:MAX_ANSWERS]), reason)
+        return [self.originate(answer)]
 
     def end_stream(self, stream_id: int, reason: EndReason) -> list[bytes]:
         """END for the stream, or nothing if it is already gone."""

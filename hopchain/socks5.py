@@ -3,20 +3,30 @@
 Incremental and bounded: feed bytes with ``receive_data``; ``next_action``
 returns what to do, consuming exactly the bytes it parsed.  Credentials are
 accepted as given and used for stream isolation, unless the server requires
-one fixed username and password (for shared machines).  Only CONNECT is
-served; BIND and UDP ASSOCIATE are answered "command not supported".  The
-parser never resolves names: a domain-name target is passed on as a string
-for the exit to resolve.
+one fixed username and password (for shared machines).  CONNECT is served,
+and so are Tor's RESOLVE (0xF0: a name's address) and RESOLVE_PTR (0xF1: an
+address's name) extensions; BIND and UDP ASSOCIATE are answered "command not
+supported".  The parser never resolves names: a domain-name target (or a
+RESOLVE query) is passed on as a string for the exit to resolve.
 
     greeting  VER=5 | NMETHODS | METHODS...
     auth      VER=1 | ULEN | UNAME | PLEN | PASSWD             (method 2 only)
     request   VER=5 | CMD | RSV=0 | ATYP | DST.ADDR | DST.PORT
     reply     VER=5 | REP | RSV=0 | ATYP=1 | BND.ADDR=0.0.0.0 | BND.PORT=0
+
+    RESOLVE reply      VER=5 | REP=0 | RSV=0 | ATYP=1|4 | address | BND.PORT=0
+    RESOLVE_PTR reply  VER=5 | REP=0 | RSV=0 | ATYP=3 | LEN | name | BND.PORT=0
+
+A RESOLVE names its query like a CONNECT names its target (the port is
+ignored); a RESOLVE_PTR query must be an IP address (ATYP 1 or 4, or an IP
+literal as ATYP 3).  A failed RESOLVE gets an ordinary reply with a non-zero
+REP (``encode_reply``).
 """
 
 import enum
 import hmac
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,6 +36,9 @@ from hopchain.messages import EndReason
 NO_AUTH: Final = 0x00
 USERNAME_PASSWORD: Final = 0x02
 NO_ACCEPTABLE: Final = 0xFF
+CONNECT: Final = 0x01
+RESOLVE: Final = 0xF0
+RESOLVE_PTR: Final = 0xF1
 
 
 class Reply(enum.IntEnum):
@@ -66,6 +79,32 @@ def encode_reply(code: Reply) -> bytes:
     return bytes([5, code, 0, 1, 0, 0, 0, 0, 0, 0])
 
 
+def encode_resolved_reply(answers: Sequence[str], *, ptr: bool) -> bytes:
+    """The reply to a RESOLVE (``ptr``: RESOLVE_PTR) that the exit answered.
+
+    RESOLVE answers the first IPv4 address, else the first IPv6 address
+    (Tor's preference); RESOLVE_PTR the first name.  Answers that do not fit
+    the reply are skipped, and with none left the reply is HOST_UNREACHABLE.
+    """
+    if ptr:
+        for name in answers:
+            if name.isascii() and 0 < len(name) <= 255:
+                raw = name.encode("ascii")
+                return bytes([5, 0, 0, 3, len(raw)]) + raw + b"\0\0"
+        return encode_reply(Reply.HOST_UNREACHABLE)
+    addresses = []
+    for answer in answers:
+        try:
+            addresses.append(ipaddress.ip_address(answer))
+        except ValueError:
+            continue
+    for version, atyp in ((4, 1), (6, 4)):
+        for address in addresses:
+            if address.version == version:
+                return bytes([5, 0, 0, atyp]) + address.packed + b"\0\0"
+    return encode_reply(Reply.HOST_UNREACHABLE)
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectRequest:
     """A parsed CONNECT: host is a domain name or an IP literal.
@@ -82,15 +121,27 @@ class ConnectRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolveRequest:
+    """A parsed RESOLVE (``query`` is a host name or an IP literal) or, with
+    ``ptr``, a RESOLVE_PTR (``query`` is an IP address in canonical form)."""
+
+    query: str
+    ptr: bool
+    username: bytes | None
+    password: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     """What the shell must do next.
 
     ``reply`` goes to the app; then, if ``close``, the connection is closed;
-    if ``request`` is set, the handshake is over and the stream can start.
+    if ``request`` is set, the handshake is over and the stream (or the
+    resolve) can start.
     """
 
     reply: bytes = b""
-    request: ConnectRequest | None = None
+    request: ConnectRequest | ResolveRequest | None = None
     close: bool = False
 
 
@@ -210,7 +261,7 @@ class Socks5Server:
         raw = bytes(buf[:end])
         del buf[:end]
         self._state = _State.DONE
-        if command != 1:
+        if command not in (CONNECT, RESOLVE, RESOLVE_PTR):
             raise Socks5Error(f"command {command}", Reply.COMMAND_NOT_SUPPORTED)
         port = int.from_bytes(raw[-2:], "big")
         if atyp == 1:
@@ -219,6 +270,20 @@ class Socks5Server:
             host = str(ipaddress.IPv6Address(raw[4:20]))
         else:
             host = _domain(raw[5:-2])
+        if command == RESOLVE:
+            return Action(
+                request=ResolveRequest(host, False, self._username, self._password)
+            )
+        if command == RESOLVE_PTR:
+            try:
+                address = str(ipaddress.ip_address(host))
+            except ValueError as exc:
+                raise Socks5Error(
+                    "resolve_ptr of something not an IP address", Reply.GENERAL_FAILURE
+                ) from exc
+            return Action(
+                request=ResolveRequest(address, True, self._username, self._password)
+            )
         if port == 0:
             raise Socks5Error("port 0", Reply.GENERAL_FAILURE)
         return Action(
@@ -228,11 +293,22 @@ class Socks5Server:
         )
 
 
-def _domain(raw: bytes) -> str:
+def domain_name(raw: bytes) -> str | None:
+    """A host name as an app sent it, or None if it is empty, not ASCII, or
+    holds spaces or control characters (shared with the SOCKS4a parser)."""
     try:
         name = raw.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise Socks5Error("non-ascii domain name", Reply.GENERAL_FAILURE) from exc
+    except UnicodeDecodeError:
+        return None
     if not name or any(ord(c) < 0x21 or ord(c) == 0x7F for c in name):
-        raise Socks5Error("empty or malformed domain name", Reply.GENERAL_FAILURE)
+        return None
+    return name
+
+
+def _domain(raw: bytes) -> str:
+    name = domain_name(raw)
+    if name is None:
+        raise Socks5Error(
+            "empty, non-ascii or malformed domain name", Reply.GENERAL_FAILURE
+        )
     return name

@@ -41,6 +41,14 @@ class Network(Protocol):
         """
         ...
 
+    async def resolve_ptr(self, address: str) -> str:
+        """The name an IP address maps to (a reverse lookup).
+
+        Raises:
+            OSError: the address has no name (socket.gaierror).
+        """
+        ...
+
 
 class TcpNetwork:
     """The real network: trio TCP streams (TCP_NODELAY is trio's default)."""
@@ -59,6 +67,13 @@ class TcpNetwork:
         """Resolve with the system resolver, keeping its order."""
         infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    async def resolve_ptr(self, address: str) -> str:
+        """Reverse-resolve with the system resolver; a name is required
+        (NI_NAMEREQD), so an address without one fails instead of coming
+        back as itself."""
+        name, _ = await trio.socket.getnameinfo((address, 0), trio.socket.NI_NAMEREQD)
+        return name
 
 
 def wall_clock() -> float:

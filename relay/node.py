@@ -1,8 +1,9 @@
 """The relay daemon: accepts links, runs circuits, extends them, and exits.
 
 One task per link reads cells and handles each synchronously (peel, forward,
-deliver); the only things that wait are opening a link for an extension and
-exit connections, which run as tasks of their own in the node's nursery.
+deliver); the only things that wait are opening a link for an extension,
+exit connections and exit name lookups (RESOLVE), which run as tasks of
+their own in the node's nursery.
 """
 
 import errno
@@ -39,7 +40,18 @@ from hopchain.errors import (
     ProtocolError,
     StreamError,
 )
-from hopchain.messages import Begin, Connected, Data, End, EndReason, Extend, Sendme
+from hopchain.messages import (
+    MAX_ANSWERS,
+    MAX_HOSTNAME,
+    Begin,
+    Connected,
+    Data,
+    End,
+    EndReason,
+    Extend,
+    Resolve,
+    Sendme,
+)
 from hopchain.relaycircuit import Deliver, Forward, RelayCircuit, Respond
 from hopchain.wire import Cell, CellCommand
 
@@ -47,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 EXTEND_TIMEOUT: Final = 15.0
 CONNECT_TIMEOUT: Final = 20.0
+RESOLVE_TIMEOUT: Final = 20.0
 PUBLISH_RETRY: Final = 2.0
 _QUEUE_REFUSED: Final = "link closed, or circuit queue full (flow control ignored)"
 
@@ -78,6 +91,7 @@ class _Circuit:
     next_id: int = 0
     streams: dict[int, CircuitStream] = field(default_factory=dict)
     connecting: dict[int, trio.CancelScope] = field(default_factory=dict)
+    resolving: dict[int, trio.CancelScope] = field(default_factory=dict)
     half_closed: set[int] = field(default_factory=set)
     credit: CreditSignal = field(default_factory=CreditSignal)
     closed: bool = False
@@ -320,7 +334,7 @@ class RelayNode:
                 circuit.next.send(circuit.next_id, CellCommand.DESTROY, destroy)
         for stream in circuit.streams.values():
             stream.abort()
-        for scope in circuit.connecting.values():
+        for scope in [*circuit.connecting.values(), *circuit.resolving.values()]:
             scope.cancel()
         circuit.credit.fire()
 
@@ -340,12 +354,25 @@ class RelayNode:
                 self._nursery.start_soon(
                     self._guarded, circuit, self._exit_stream, message
                 )
+            case Resolve(stream_id=sid):
+                if not self.config.exit:
+                    self._sender(circuit)(
+                        circuit.core.resolved(sid, reason=EndReason.EXIT_POLICY)
+                    )
+                    return
+                self._nursery.start_soon(
+                    self._guarded, circuit, self._exit_resolve, message
+                )
             case Data(stream_id=sid, data=data):
                 stream = circuit.streams.get(sid)
                 if stream is None:
                     raise ProtocolError("data before connected")
                 stream.deliver(data)
             case End(stream_id=sid, reason=reason):
+                lookup = circuit.resolving.pop(sid, None)
+                if lookup is not None:
+                    lookup.cancel()  # the client gave up on its RESOLVE
+                    return
                 stream = circuit.streams.get(sid)
                 if stream is not None:
                     if reason == EndReason.DONE:
@@ -456,6 +483,88 @@ class RelayNode:
             await splice(socket, stream)
         finally:
             circuit.streams.pop(sid, None)
+
+    async def _exit_resolve(self, circuit: _Circuit, message: Resolve) -> None:
+        sid = message.stream_id
+        if circuit.closed or circuit.core.streams.get(sid) is None:
+            return  # torn down, or the client ended it, before this task started
+        with trio.CancelScope() as scope:
+            circuit.resolving[sid] = scope
+            try:
+                answers = await self.resolve_for_client(message.query, ptr=message.ptr)
+                bodies = circuit.core.resolved(sid, answers)
+            except StreamError as exc:
+                logger.info("exit resolve refused: %s", exc)
+                bodies = circuit.core.resolved(sid, reason=EndReason(exc.reason))
+            finally:
+                circuit.resolving.pop(sid, None)
+            self._sender(circuit)(bodies)
+
+    async def resolve_for_client(self, query: str, *, ptr: bool) -> list[str]:
+        """Answer a client's RESOLVE here: the exit resolves, never the client.
+
+        A name gives the addresses it resolves to, but outside a declared test
+        network only those ``exitpolicy.destination_allowed`` accepts: private,
+        loopback and the relay's own addresses are dropped, and a name with
+        nothing else is refused.  (Tor's exits return such answers and only
+        refuse to connect to them, and Tor's clients then distrust them;
+        dropping them here does both at once, so the exit's internal DNS
+        view does not leak and a rebinding name cannot hand an app a
+        loopback address.)  A PTR lookup (``ptr``) outside a test network is
+        refused for the same addresses, before any query is made.
+
+        Raises:
+            StreamError: with the reason for RESOLVED (RESOLVE_FAILED,
+                EXIT_POLICY or TIMEOUT).
+        """
+        try:
+            with trio.fail_after(RESOLVE_TIMEOUT):
+                if ptr:
+                    return [await self._resolve_ptr(query)]
+                try:
+                    addresses = await self.network.resolve(query, 0)
+                except OSError as exc:
+                    raise StreamError(
+                        "name did not resolve", EndReason.RESOLVE_FAILED
+                    ) from exc
+        except trio.TooSlowError as exc:
+            raise StreamError("resolve timed out", EndReason.TIMEOUT) from exc
+        if not addresses:
+            raise StreamError("name has no address", EndReason.RESOLVE_FAILED)
+        answers = [a for a in addresses if self._may_reveal(a)]
+        if not answers:
+            raise StreamError("exit policy refuses every answer", EndReason.EXIT_POLICY)
+        return answers[:MAX_ANSWERS]
+
+    async def _resolve_ptr(self, address: str) -> str:
+        if not self._may_reveal(address):
+            raise StreamError(
+                "exit policy refuses a reverse lookup of that address",
+                EndReason.EXIT_POLICY,
+            )
+        try:
+            name = await self.network.resolve_ptr(address)
+        except OSError as exc:
+            raise StreamError("address has no name", EndReason.RESOLVE_FAILED) from exc
+        if not (
+            0 < len(name) <= MAX_HOSTNAME
+            and name.isascii()
+            and all(0x20 < ord(c) < 0x7F for c in name)
+        ):
+            raise StreamError("malformed name for address", EndReason.RESOLVE_FAILED)
+        return name
+
+    def _may_reveal(self, address: str) -> bool:
+        """Whether a RESOLVE may answer with (or look up) this address."""
+        try:
+            return exitpolicy.destination_allowed(
+                address,
+                0,
+                test_network=self.config.test_network,
+                own_addresses=[self.config.address],
+            )
+        except ValueError:
+            return False
 
     async def connect_to_destination(
         self, host: str, port: int

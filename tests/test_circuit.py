@@ -9,6 +9,7 @@ hop by hop with nothing in between but this file.
 
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -39,6 +40,8 @@ from hopchain.messages import (
     Extend,
     Extended,
     RelayMessage,
+    Resolve,
+    Resolved,
     Sendme,
     Truncated,
     encode,
@@ -542,6 +545,100 @@ def test_pair_exit_credits_data_for_a_closed_stream() -> None:
     assert pair.client.sendable(pair.open_stream()) == STREAM_WINDOW * MAX_DATA
 
 
+# --- resolve --------------------------------------------------------------------------
+
+
+def test_pair_resolve_round_trip_frees_the_id_at_both_ends() -> None:
+    pair = Pair.built(3)
+    sid, body = pair.client.resolve("example.com")
+    assert pair.forward_all([body]) == [Resolve(sid, "example.com")]
+    assert pair.client.sendable(sid) == 0
+    (answer,) = pair.exit.resolved(sid, ["192.0.2.1"])
+    assert pair.to_client(answer) == (Received(2, Resolved(sid, ("192.0.2.1",))), [])
+    assert pair.client.streams.streams == {}
+    assert pair.exit.streams.streams == {}
+    # No flow-control credit moved, in either direction.
+    for table in (pair.client.streams, pair.exit.streams):
+        assert table.send.unacked == 0
+        assert table.receive.outstanding == 0
+    # The circuit carries on: a stream opens and data flows.
+    stream = pair.open_stream()
+    assert pair.client_to_exit(stream, b"after") == b"after"
+
+
+def test_pair_resolve_ptr_and_failure() -> None:
+    pair = Pair.built(2)
+    sid, body = pair.client.resolve("192.0.2.1", ptr=True)
+    assert pair.forward_all([body]) == [Resolve(sid, "192.0.2.1", ptr=True)]
+    (answer,) = pair.exit.resolved(sid, reason=EndReason.EXIT_POLICY)
+    received, _ = pair.to_client(answer)
+    assert received == Received(1, Resolved(sid, (), EndReason.EXIT_POLICY))
+    assert pair.client.streams.get(sid) is None
+
+
+def test_pair_client_gives_up_on_a_resolve() -> None:
+    """The client's END(TIMEOUT) frees the id at both ends; a RESOLVED that
+    crossed it needs no action."""
+    pair = Pair.built(3)
+    sid, body = pair.client.resolve("slow.example")
+    pair.forward_all([body])
+    late = pair.exit.resolved(sid, ["192.0.2.1"])  # crosses the END
+    assert pair.forward_all(pair.client.end_stream(sid, EndReason.TIMEOUT)) == [
+        End(sid, EndReason.TIMEOUT)
+    ]
+    assert pair.client.streams.get(sid) is None
+    assert pair.exit.streams.get(sid) is None
+    assert pair.to_client(late[0]) == (None, [])
+
+
+def test_pair_exit_end_ends_a_resolve() -> None:
+    pair = Pair.built(2)
+    sid, body = pair.client.resolve("example.com")
+    pair.forward_all([body])
+    received, _ = pair.exit_says(End(sid, EndReason.EXIT_POLICY))
+    assert received == Received(1, End(sid, EndReason.EXIT_POLICY))
+    assert pair.client.streams.get(sid) is None
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda sid: Data(sid, b"x"), "data on resolve stream"),
+        (lambda sid: Connected(sid, "192.0.2.1"), "connected on resolve stream"),
+    ],
+)
+def test_pair_client_refuses_stream_messages_on_a_resolve(
+    make: Callable[[int], RelayMessage], match: str
+) -> None:
+    pair = Pair.built(2)
+    sid, body = pair.client.resolve("example.com")
+    pair.forward_all([body])
+    with pytest.raises(MessageError, match=match):
+        pair.exit_says(make(sid))
+
+
+def test_pair_client_refuses_resolved_on_a_connect_stream() -> None:
+    pair = Pair.built(2)
+    sid = pair.open_stream()
+    with pytest.raises(MessageError, match="resolved on connect stream"):
+        pair.exit_says(Resolved(sid, ("192.0.2.1",)))
+    assert Pair.built(2).exit_says(Resolved(9, ("192.0.2.1",))) == (None, [])
+
+
+def test_pair_resolved_from_a_middle_hop_is_refused() -> None:
+    pair = Pair.built(3)
+    sid, body = pair.client.resolve("example.com")
+    pair.forward_all([body])
+    spoofed = pair.relays[1].originate(Resolved(sid, ("192.0.2.66",)))
+    with pytest.raises(MessageError, match="hop 1 sent a stream message"):
+        pair.to_client(spoofed, origin=1)
+
+
+def test_client_resolve_needs_an_open_circuit() -> None:
+    with pytest.raises(CircuitError, match="new circuit"):
+        ClientCircuit().resolve("example.com")
+
+
 # --- tampering -----------------------------------------------------------------------
 
 
@@ -687,6 +784,13 @@ class CircuitMachine(RuleBasedStateMachine):
         self.sent_up[sid] = self.got_up[sid] = b""
         self.sent_down[sid] = self.got_down[sid] = b""
 
+    @precondition(lambda self: len(self.pair.client.streams.streams) < 4)
+    @rule(ptr=st.booleans())
+    def client_resolves(self, ptr: bool) -> None:
+        query = "192.0.2.1" if ptr else "example.com"
+        _, body = self.pair.client.resolve(query, ptr=ptr)
+        self.upstream.append(body)
+
     @rule(data=st.data(), size=st.integers(1, 2 * MAX_DATA))
     def client_sends(self, data: st.DataObject, size: int) -> None:
         sids = [
@@ -772,6 +876,9 @@ class CircuitMachine(RuleBasedStateMachine):
             case Data(stream_id=sid, data=data):
                 self.got_up[sid] += data
                 self.unconsumed_at_exit[sid] = self.unconsumed_at_exit.get(sid, 0) + 1
+            case Resolve(stream_id=sid, ptr=ptr):
+                answer = "host.example" if ptr else "192.0.2.1"
+                self.downstream += self.pair.exit.resolved(sid, [answer])
 
     def fresh(self, size: int) -> bytes:
         self.counter += 1
@@ -798,6 +905,9 @@ class CircuitMachine(RuleBasedStateMachine):
         # received and not yet credited (less than a quarter window).
         assert client.send.unacked == exit_.receive.outstanding
         assert exit_.send.unacked == client.receive.outstanding
+        # Every RESOLVE was answered or ended: no one-shot stream is left.
+        assert not any(s.resolve for s in client.streams.values())
+        assert not any(s.resolve for s in exit_.streams.values())
         assert exit_.receive.outstanding == exit_.receive.consumed
         assert client.receive.outstanding == client.receive.consumed
         assert client.send.unacked < CIRCUIT_WINDOW // 4

@@ -229,3 +229,25 @@ def test_stream_table_end_for_unknown_stream_is_ignored() -> None:
     table.local_end(4, EndReason.DONE)
     table.remote_end(4, EndReason.MISC)
     assert table.streams == {}
+
+
+def test_stream_table_resolve_stream_is_one_shot() -> None:
+    table = StreamTable()
+    table.add(1, resolve=True)
+    assert table.sendable(1) == 0
+    with pytest.raises(MessageError, match="already open"):
+        table.add(1)
+    with pytest.raises(MessageError, match="data on resolve stream"):
+        table.on_data(1)
+    table.forget(1)
+    assert table.get(1) is None
+    table.forget(1)  # forgetting twice is harmless
+
+
+@pytest.mark.parametrize("side", ["local", "remote"])
+def test_stream_table_any_end_forgets_a_resolve_stream(side: str) -> None:
+    table = StreamTable()
+    table.add(1, resolve=True)
+    end = table.local_end if side == "local" else table.remote_end
+    end(1, EndReason.DONE)  # not a half-close: a resolve has no halves
+    assert table.get(1) is None

@@ -12,6 +12,7 @@ from hopchain.errors import MessageError, ProtocolError
 from hopchain.messages import (
     HEADER,
     LARGE_PAYLOAD,
+    MAX_ANSWERS,
     MAX_DATA,
     SMALL_PAYLOAD,
     Begin,
@@ -24,6 +25,8 @@ from hopchain.messages import (
     Extended,
     RelayCommand,
     RelayMessage,
+    Resolve,
+    Resolved,
     Sendme,
     Truncated,
 )
@@ -37,6 +40,26 @@ hosts = st.text(
 ports = st.integers(1, 65535)
 keys = st.binary(min_size=32, max_size=32)
 reasons = st.sampled_from(EndReason)
+ascii_hosts = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=255
+)
+resolves = st.one_of(
+    st.builds(Resolve, stream_id=stream_ids, query=hosts, ptr=st.just(False)),
+    st.builds(
+        Resolve,
+        stream_id=stream_ids,
+        query=st.ip_addresses().map(str),
+        ptr=st.just(True),
+    ),
+)
+resolveds = st.one_of(
+    st.builds(
+        Resolved,
+        stream_id=stream_ids,
+        answers=st.lists(ascii_hosts, min_size=1, max_size=MAX_ANSWERS).map(tuple),
+    ),
+    st.builds(Resolved, stream_id=stream_ids, reason=reasons),
+)
 
 relay_messages: st.SearchStrategy[RelayMessage] = st.one_of(
     st.builds(Data, stream_id=stream_ids, data=st.binary(max_size=2000)),
@@ -61,6 +84,8 @@ relay_messages: st.SearchStrategy[RelayMessage] = st.one_of(
     st.builds(Extended, handshake=st.binary(min_size=64, max_size=64)),
     st.builds(Truncated, reason=reasons),
     st.builds(Drop),
+    resolves,
+    resolveds,
 )
 
 
@@ -99,6 +124,23 @@ SIMPLE_CASES: list[tuple[RelayMessage, bytes]] = [
     (Truncated(EndReason.CONNECT_REFUSED), frame(8, 0, b"\x03")),
     (Drop(), frame(9, 0, b"")),
     (Data(5, b"x" * 1000), frame(1, 5, b"x" * 1000, LARGE_PAYLOAD)),
+    (Resolve(6, "example.com"), frame(10, 6, b"\x92\xabexample.com\xc2")),
+    (Resolve(7, "::1", ptr=True), frame(10, 7, b"\x92\xa3::1\xc3")),
+    (
+        Resolved(6, ("192.0.2.1", "::1")),
+        frame(11, 6, b"\x92\x92\xa9192.0.2.1\xa3::1\xc0"),
+    ),
+    (Resolved(7, ("localhost",)), frame(11, 7, b"\x92\x91\xa9localhost\xc0")),
+    (Resolved(8, (), EndReason.RESOLVE_FAILED), frame(11, 8, b"\x92\x90\x02")),
+    (
+        Resolved(9, tuple("h" * 255 for _ in range(MAX_ANSWERS))),
+        frame(
+            11,
+            9,
+            b"\x92\xdc\x00\x10" + (b"\xd9\xff" + b"h" * 255) * 16 + b"\xc0",
+            LARGE_PAYLOAD,
+        ),
+    ),
 ]
 
 
@@ -199,7 +241,7 @@ REFUSED: list[tuple[str, bytes]] = [
     ("short header", b"\x01\x00"),
     ("length overruns", HEADER.pack(1, 1, 10) + b"123"),
     ("unknown command 0", frame(0, 1, b"")),
-    ("unknown command 10", frame(10, 1, b"")),
+    ("unknown command 12", frame(12, 1, b"")),
     ("data on stream 0", frame(1, 0, b"x")),
     ("begin on stream 0", frame(2, 0, packed("a.example", 80))),
     ("connected on stream 0", frame(3, 0, packed("a"))),
@@ -245,6 +287,38 @@ REFUSED: list[tuple[str, bytes]] = [
     ("extended 63 bytes", frame(7, 0, b"Y" * 63)),
     ("extended 65 bytes", frame(7, 0, b"Y" * 65)),
     ("truncated reason empty", frame(8, 0, b"")),
+    ("resolve on stream 0", frame(10, 0, packed("a.example", False))),
+    ("resolve empty body", frame(10, 1, b"")),
+    ("resolve one item", frame(10, 1, packed("a.example"))),
+    ("resolve three items", frame(10, 1, packed("a.example", False, 1))),
+    ("resolve empty query", frame(10, 1, packed("", False))),
+    ("resolve long query", frame(10, 1, packed("a" * 256, False))),
+    ("resolve query with space", frame(10, 1, packed("a b", False))),
+    ("resolve query bytes", frame(10, 1, packed(b"a.example", False))),
+    ("resolve ptr int", frame(10, 1, packed("a.example", 0))),
+    ("resolve ptr nil", frame(10, 1, packed("a.example", None))),
+    ("resolve ptr of a name", frame(10, 1, packed("a.example", True))),
+    ("resolve ptr of a bad address", frame(10, 1, packed("192.0.2.300", True))),
+    ("resolved on stream 0", frame(11, 0, packed(["192.0.2.1"], None))),
+    ("resolved empty body", frame(11, 1, b"")),
+    ("resolved one item", frame(11, 1, packed(["192.0.2.1"]))),
+    ("resolved neither answers nor reason", frame(11, 1, packed([], None))),
+    ("resolved answers and reason", frame(11, 1, packed(["192.0.2.1"], 2))),
+    ("resolved answers not an array", frame(11, 1, packed("192.0.2.1", None))),
+    ("resolved answer not a string", frame(11, 1, packed([1], None))),
+    ("resolved answer bytes", frame(11, 1, packed([b"192.0.2.1"], None))),
+    ("resolved empty answer", frame(11, 1, packed([""], None))),
+    ("resolved long answer", frame(11, 1, packed(["a" * 256], None))),
+    ("resolved answer with space", frame(11, 1, packed(["a b"], None))),
+    ("resolved non-ascii answer", frame(11, 1, packed(["bü.example"], None))),
+    (
+        "resolved too many answers",
+        frame(11, 1, packed(["192.0.2.1"] * (MAX_ANSWERS + 1), None)),
+    ),
+    ("resolved reason bool", frame(11, 1, packed([], True))),
+    ("resolved reason str", frame(11, 1, packed([], "2"))),
+    ("resolved reason negative", frame(11, 1, packed([], -1))),
+    ("resolved reason 256", frame(11, 1, packed([], 256))),
 ]
 
 
@@ -267,6 +341,16 @@ def test_good_extend_fixture_decodes() -> None:
 def test_unknown_end_reason_reads_as_misc(value: int) -> None:
     assert messages.decode(frame(4, 1, bytes([value]))) == End(1, EndReason.MISC)
     assert messages.decode(frame(8, 0, bytes([value]))) == Truncated(EndReason.MISC)
+    assert messages.decode(frame(11, 1, packed([], value))) == Resolved(
+        1, (), EndReason.MISC
+    )
+
+
+def test_resolved_answers_are_bounded() -> None:
+    """The largest RESOLVED fits a large cell; the exit never sends more."""
+    biggest = Resolved(1, tuple("a" * 255 for _ in range(MAX_ANSWERS)))
+    assert len(messages.encode(biggest)) == LARGE_PAYLOAD
+    assert messages.decode(messages.encode(biggest)) == biggest
 
 
 def test_circuit_messages_ignore_the_stream_id() -> None:

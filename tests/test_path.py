@@ -163,6 +163,19 @@ def test_select_path_no_exit_for_the_port(port: int) -> None:
         select_path(BIG, PathConstraints(port=port), random.Random(0))
 
 
+def test_select_path_without_a_port_takes_any_exit() -> None:
+    """A RESOLVE has no port: every exit qualifies, whatever its ports."""
+    exits = {
+        select_path(BIG, PathConstraints(port=None), random.Random(seed))[-1].identity
+        for seed in range(200)
+    }
+    assert {ident(26), ident(27)} & exits
+    assert exits - {ident(26), ident(27)}
+    no_exit = network([relay(0, GUARD), relay(1, MIDDLE)])
+    with pytest.raises(PathSelectionError, match="accepts any port"):
+        select_path(no_exit, PathConstraints(port=None), random.Random(0))
+
+
 def test_select_path_ignores_exits_that_are_not_running() -> None:
     consensus = network(
         [relay(0, GUARD), relay(1, MIDDLE), relay(2, frozenset({"Exit"}))]

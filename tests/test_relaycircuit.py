@@ -15,6 +15,7 @@ from hopchain.errors import CellAuthError, FlowControlError, MessageError
 from hopchain.flow import CIRCUIT_WINDOW, STREAM_WINDOW
 from hopchain.messages import (
     HEADER,
+    MAX_ANSWERS,
     MAX_DATA,
     SMALL_PAYLOAD,
     Begin,
@@ -26,6 +27,8 @@ from hopchain.messages import (
     Extend,
     Extended,
     RelayMessage,
+    Resolve,
+    Resolved,
     Sendme,
     Truncated,
     decode,
@@ -91,7 +94,12 @@ def test_relay_refuses_a_duplicate_begin() -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [Connected(1, "192.0.2.1"), Extended(bytes(64)), Truncated(EndReason.MISC)],
+    [
+        Connected(1, "192.0.2.1"),
+        Extended(bytes(64)),
+        Truncated(EndReason.MISC),
+        Resolved(1, ("192.0.2.1",)),
+    ],
 )
 def test_relay_refuses_messages_only_a_relay_sends(message: RelayMessage) -> None:
     with pytest.raises(MessageError, match="relay got"):
@@ -156,6 +164,87 @@ def test_relay_exit_end_stream() -> None:
     assert hop.unwrap(body) == End(1, EndReason.CONNECT_REFUSED)
     assert hop.relay.streams.get(1) is None
     assert hop.relay.end_stream(1, EndReason.DONE) == []
+
+
+# --- resolve ------------------------------------------------------------------------
+
+
+def test_relay_resolve_is_a_one_shot_stream() -> None:
+    hop = OneHop()
+    assert hop.send(Resolve(3, "example.com")) == Deliver(Resolve(3, "example.com"))
+    state = hop.relay.streams.get(3)
+    assert state is not None
+    assert state.resolve
+    assert hop.relay.sendable(3) == 0
+    (body,) = hop.relay.resolved(3, ["192.0.2.1", "2001:db8::1"])
+    assert hop.unwrap(body) == Resolved(3, ("192.0.2.1", "2001:db8::1"))
+    assert hop.relay.streams.get(3) is None
+    assert hop.relay.resolved(3, ["192.0.2.1"]) == []  # exactly one answer
+    # The circuit windows were never touched, and the id is free again.
+    assert hop.relay.streams.send.unacked == 0
+    assert hop.relay.streams.receive.outstanding == 0
+    assert hop.send(Begin(3, "example.com", 80)) == Deliver(Begin(3, "example.com", 80))
+
+
+def test_relay_resolve_failure_carries_the_reason() -> None:
+    hop = OneHop()
+    hop.send(Resolve(4, "192.0.2.1", ptr=True))
+    (body,) = hop.relay.resolved(4, reason=EndReason.RESOLVE_FAILED)
+    assert hop.unwrap(body) == Resolved(4, (), EndReason.RESOLVE_FAILED)
+    assert hop.relay.streams.get(4) is None
+
+
+def test_relay_resolved_sends_at_most_max_answers() -> None:
+    hop = OneHop()
+    hop.send(Resolve(1, "many.example"))
+    answers = [f"192.0.2.{i}" for i in range(MAX_ANSWERS + 4)]
+    (body,) = hop.relay.resolved(1, answers)
+    assert hop.unwrap(body) == Resolved(1, tuple(answers[:MAX_ANSWERS]))
+
+
+@pytest.mark.parametrize("reason", [EndReason.DONE, EndReason.TIMEOUT])
+def test_relay_end_cancels_a_resolve(reason: EndReason) -> None:
+    hop = OneHop()
+    hop.send(Resolve(5, "example.com"))
+    assert hop.send(End(5, reason)) == Deliver(End(5, reason))
+    assert hop.relay.streams.get(5) is None
+    assert hop.relay.resolved(5, ["192.0.2.1"]) == []
+
+
+def test_relay_refuses_data_on_a_resolve_stream() -> None:
+    hop = OneHop()
+    hop.send(Resolve(6, "example.com"))
+    with pytest.raises(MessageError, match="data on resolve stream"):
+        hop.send(Data(6, b"x"))
+
+
+def test_relay_refuses_a_resolve_on_an_open_stream_id() -> None:
+    hop = OneHop()
+    hop.send(Begin(1, "example.com", 80))
+    with pytest.raises(MessageError, match="already open"):
+        hop.send(Resolve(1, "example.com"))
+    hop.send(Resolve(2, "example.com"))
+    with pytest.raises(MessageError, match="already open"):
+        hop.send(Begin(2, "example.com", 80))
+
+
+def test_relay_resolved_is_only_for_resolve_streams() -> None:
+    hop = OneHop()
+    hop.send(Begin(1, "example.com", 80))
+    with pytest.raises(ValueError, match="not a resolve stream"):
+        hop.relay.resolved(1, ["192.0.2.1"])
+    hop.send(Resolve(2, "example.com"))
+    with pytest.raises(ValueError, match="either answers or a reason"):
+        hop.relay.resolved(2)
+    with pytest.raises(ValueError, match="either answers or a reason"):
+        hop.relay.resolved(2, ["192.0.2.1"], EndReason.MISC)
+
+
+def test_relay_extend_with_a_pending_resolve_is_refused() -> None:
+    hop = OneHop()
+    hop.send(Resolve(1, "example.com"))
+    with pytest.raises(MessageError, match="streams"):
+        hop.send(extend_to(NEXT), early=True)
 
 
 # --- extension ------------------------------------------------------------------------

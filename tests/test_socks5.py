@@ -11,11 +11,15 @@ from hypothesis import strategies as st
 from hopchain.errors import Socks5Error
 from hopchain.messages import EndReason
 from hopchain.socks5 import (
+    RESOLVE,
+    RESOLVE_PTR,
     Action,
     ConnectRequest,
     Reply,
+    ResolveRequest,
     Socks5Server,
     encode_reply,
+    encode_resolved_reply,
     reply_for_end,
 )
 
@@ -127,6 +131,43 @@ SUCCESS_CASES = [
         id="empty username/password",
     ),
     pytest.param(
+        GREET_NO_AUTH + connect(3, domain(b"example.com"), 0, command=RESOLVE),
+        [NO_AUTH_OK, Action(request=ResolveRequest("example.com", False, None, None))],
+        id="tor resolve of a name (port 0 is fine)",
+    ),
+    pytest.param(
+        GREET_USERPASS + AUTH + connect(3, domain(b"a.example"), 80, command=RESOLVE),
+        [
+            Action(reply=b"\x05\x02"),
+            Action(reply=b"\x01\x00"),
+            Action(request=ResolveRequest("a.example", False, b"user", b"secret")),
+        ],
+        id="tor resolve with credentials (isolation)",
+    ),
+    pytest.param(
+        GREET_NO_AUTH + connect(1, bytes([192, 0, 2, 1]), 0, command=RESOLVE),
+        [NO_AUTH_OK, Action(request=ResolveRequest("192.0.2.1", False, None, None))],
+        id="tor resolve of an ipv4 address",
+    ),
+    pytest.param(
+        GREET_NO_AUTH + connect(1, bytes([192, 0, 2, 1]), 0, command=RESOLVE_PTR),
+        [NO_AUTH_OK, Action(request=ResolveRequest("192.0.2.1", True, None, None))],
+        id="tor resolve_ptr of ipv4",
+    ),
+    pytest.param(
+        GREET_NO_AUTH
+        + connect(
+            4, ipaddress.IPv6Address("2001:db8::1").packed, 0, command=RESOLVE_PTR
+        ),
+        [NO_AUTH_OK, Action(request=ResolveRequest("2001:db8::1", True, None, None))],
+        id="tor resolve_ptr of ipv6",
+    ),
+    pytest.param(
+        GREET_NO_AUTH + connect(3, domain(b"2001:DB8:0::1"), 0, command=RESOLVE_PTR),
+        [NO_AUTH_OK, Action(request=ResolveRequest("2001:db8::1", True, None, None))],
+        id="tor resolve_ptr of an ip literal as a name (canonical form)",
+    ),
+    pytest.param(
         b"\x05\x00",
         [Action(reply=b"\x05\xff", close=True)],
         id="no methods",
@@ -167,6 +208,26 @@ FAILURE_CASES = [
         GREET_NO_AUTH + connect(4, bytes(16), 80, command=9),
         Reply.COMMAND_NOT_SUPPORTED,
         id="command 9",
+    ),
+    pytest.param(
+        GREET_NO_AUTH + connect(1, bytes(4), 0, command=0xF2),
+        Reply.COMMAND_NOT_SUPPORTED,
+        id="command 0xf2",
+    ),
+    pytest.param(
+        GREET_NO_AUTH + connect(3, domain(b"example.com"), 0, command=RESOLVE_PTR),
+        Reply.GENERAL_FAILURE,
+        id="resolve_ptr of a name",
+    ),
+    pytest.param(
+        GREET_NO_AUTH + connect(3, domain(b""), 0, command=RESOLVE),
+        Reply.GENERAL_FAILURE,
+        id="resolve of an empty name",
+    ),
+    pytest.param(
+        GREET_NO_AUTH + connect(3, domain(b"a\x01b"), 0, command=RESOLVE),
+        Reply.GENERAL_FAILURE,
+        id="resolve of a name with a control character",
     ),
     pytest.param(
         GREET_NO_AUTH + b"\x05\x01\x00\x02" + bytes(6),
@@ -362,3 +423,38 @@ def test_required_credentials_are_checked() -> None:
     no_auth_only = Socks5Server(required)
     no_auth_only.receive_data(GREET_NO_AUTH)
     assert no_auth_only.next_action() == Action(reply=b"\x05\xff", close=True)
+
+
+V4_REPLY = b"\x05\x00\x00\x01\xc0\x00\x02\x09\x00\x00"
+V6_REPLY = (
+    b"\x05\x00\x00\x04" + ipaddress.IPv6Address("2001:db8::9").packed + b"\x00\x00"
+)
+
+
+@pytest.mark.parametrize(
+    ("answers", "ptr", "reply"),
+    [
+        pytest.param(["192.0.2.9"], False, V4_REPLY, id="ipv4"),
+        pytest.param(["2001:db8::9"], False, V6_REPLY, id="ipv6"),
+        pytest.param(["2001:db8::9", "192.0.2.9"], False, V4_REPLY, id="ipv4 first"),
+        pytest.param(["junk", "2001:db8::9"], False, V6_REPLY, id="skips junk"),
+        pytest.param([], False, encode_reply(Reply.HOST_UNREACHABLE), id="no answer"),
+        pytest.param(
+            ["host.example"],
+            True,
+            b"\x05\x00\x00\x03\x0chost.example\x00\x00",
+            id="ptr name",
+        ),
+        pytest.param(
+            ["h" * 256, "bü", "ok"],
+            True,
+            b"\x05\x00\x00\x03\x02ok\x00\x00",
+            id="ptr skips names that do not fit",
+        ),
+        pytest.param(
+            [], True, encode_reply(Reply.HOST_UNREACHABLE), id="ptr without a name"
+        ),
+    ],
+)
+def test_encode_resolved_reply(answers: list[str], ptr: bool, reply: bytes) -> None:
+    assert encode_resolved_reply(answers, ptr=ptr) == reply

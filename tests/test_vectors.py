@@ -227,6 +227,8 @@ def message_from_json(case: dict[str, Any]) -> RelayMessage:
             value = h(value["hex"])
         elif isinstance(value, dict) and "reason" in value:
             value = EndReason[value["reason"]]
+        elif isinstance(value, list):
+            value = tuple(value)
         fields[name] = value
     cls = getattr(messages, case["type"])
     return cls(**fields)  # type: ignore[no-any-return]

@@ -36,13 +36,15 @@ class LoopbackOnlyNetwork(TcpNetwork):
     """TCP for the test network that cannot reach anything off this machine.
 
     Every node of the test network uses it: connections go only to
-    127.0.0.0/8 and ::1, and names resolve from a local table, never through
-    a DNS server.  Anything else is refused *and* recorded, and the fixture
-    fails the test, so a bug (or a browser's background request through the
-    proxy) cannot send a packet elsewhere.
+    127.0.0.0/8 and ::1, and names (and, for reverse lookups, addresses)
+    resolve from a local table, never through a DNS server.  Anything else
+    is refused *and* recorded, and the fixture fails the test, so a bug (or
+    a browser's background request through the proxy) cannot send a packet
+    elsewhere.
     """
 
     NAMES: ClassVar[dict[str, list[str]]] = {"localhost": ["127.0.0.1", "::1"]}
+    PTR_NAMES: ClassVar[dict[str, str]] = {"127.0.0.1": "localhost"}
 
     def __init__(self) -> None:
         self.violations: list[str] = []
@@ -72,6 +74,13 @@ class LoopbackOnlyNetwork(TcpNetwork):
                 -2, f"test network resolves no outside names: {host}"
             ) from None
         return [host]
+
+    async def resolve_ptr(self, address: str) -> str:
+        if address in self.PTR_NAMES:
+            return self.PTR_NAMES[address]
+        if not ipaddress.ip_address(address).is_loopback:
+            self.violations.append(f"resolve_ptr {address}")
+        raise OSError(-2, f"test network has no name for {address}")
 
 
 def seed(label: str) -> bytes:

@@ -33,6 +33,8 @@ from hopchain.messages import (
     Extend,
     Extended,
     RelayMessage,
+    Resolve,
+    Resolved,
     Sendme,
     Truncated,
     encode,
@@ -234,7 +236,8 @@ def onion_vectors() -> dict[str, Any]:
 
 
 def message_fields(message: RelayMessage) -> dict[str, Any]:
-    """JSON form of a message's fields: bytes as {"hex": ...}, reasons by name."""
+    """JSON form of a message's fields: bytes as {"hex": ...}, reasons by name,
+    tuples as lists."""
     fields: dict[str, Any] = {}
     for name in type(message).__dataclass_fields__:
         value = getattr(message, name)
@@ -242,6 +245,8 @@ def message_fields(message: RelayMessage) -> dict[str, Any]:
             fields[name] = {"reason": value.name}
         elif isinstance(value, bytes):
             fields[name] = {"hex": value.hex()}
+        elif isinstance(value, tuple):
+            fields[name] = list(value)
         else:
             fields[name] = value
     return fields
@@ -261,6 +266,11 @@ MESSAGES: list[RelayMessage] = [
     Extended(det("extended", 64)),
     Truncated(EndReason.CONNECT_REFUSED),
     Drop(),
+    Resolve(4, "example.com"),
+    Resolve(5, "2001:db8::1", ptr=True),
+    Resolved(4, ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946")),
+    Resolved(5, ("host.example",)),
+    Resolved(6, (), EndReason.RESOLVE_FAILED),
 ]
 
 
