@@ -183,15 +183,24 @@ async def run_demo(options: DemoOptions) -> None:
                 ],
                 stopping,
             )
-            socks = line.split()[-1]
+            # "ready socks5 HOST:PORT [http HOST:PORT]"
+            words = line.split()
+            socks = words[2]
+            http = (
+                f"HTTP proxy: {words[4]}\n"
+                f"  try: curl --proxy http://{words[4]} http://127.0.0.1:8000/\n"
+                if words[3:4] == ["http"]
+                else ""
+            )
             print(
                 f"\nhopchain demo is up: 1 authority, {options.relays} relays "
                 f"({options.exits} exits), {options.hops}-hop circuits.\n"
                 f"SOCKS5 proxy: {socks}\n"
                 f"  try: curl --socks5-hostname {socks} http://127.0.0.1:8000/\n"
+                f"{http}"
                 f"authority: {authority_arg}\n"
                 f"  (another client: hopchain client --test-network "
-                f"--authority {authority_arg} --socks-port 9150)\n"
+                f"--authority {authority_arg} --socks-port 9150 --http-port 8119)\n"
                 f"status: hopchain doctor --data-dir {root / 'client'}\n"
                 f"logs: {root}/*.log\n"
                 "Press Ctrl-C to stop.",

@@ -1,4 +1,4 @@
-"""The local client: fetches the consensus, builds circuits, serves SOCKS5.
+"""The local client: fetches the consensus, builds circuits, serves SOCKS5 and HTTP.
 
 It keeps its state in a private data directory (mode 0700): today the
 control socket (``control.sock``) that ``hopchain doctor`` and ``hopchain
@@ -14,6 +14,7 @@ from typing import Final
 import trio
 from hopchain.client.circuits import CircuitManager
 from hopchain.client.control import ControlServer, open_control_listener
+from hopchain.client.http import HttpListener, HttpOptions
 from hopchain.client.socks import SocksListener, SocksOptions
 from hopchain.client.stats import ClientStats
 from hopchain.relay import dirclient
@@ -45,6 +46,9 @@ class ClientConfig:
     bootstrap_timeout: float = 120.0
     warm_port: int = 80
     socks: SocksOptions = field(default_factory=SocksOptions)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    http: HttpOptions = field(default_factory=HttpOptions)
     data_dir: Path | None = None
 
     @property
@@ -66,6 +70,7 @@ class ClientNode:
         self.manager: CircuitManager | None = None
         self.stats = ClientStats()
         self.socks_port = config.socks_port or 0
+        self.http_port = config.http_port or 0
 
     @property
     def consensus(self) -> Consensus:
@@ -142,7 +147,8 @@ class ClientNode:
         """Bootstrap, build a first circuit, and serve the app ports until cancelled.
 
         Reports the bound SOCKS port through ``task_status`` (0 when the
-        client runs without a SOCKS port, as the Python API does).
+        client runs without a SOCKS port, as the Python API does); the bound
+        HTTP proxy port, if any, is ``http_port``.
         """
         await self.bootstrap()
         listeners = []
@@ -151,6 +157,13 @@ class ClientNode:
                 self.config.socks_host, self.config.socks_port
             )
             self.socks_port = bound_port(listeners)
+        # The HTTP proxy port (client/http.py), beside the SOCKS port.
+        http_listeners = []
+        if self.config.http_port is not None:
+            http_listeners = await self.network.listen(
+                self.config.http_host, self.config.http_port
+            )
+            self.http_port = bound_port(http_listeners)
         control = None
         if self.config.control_path is not None:
             assert self.config.data_dir is not None
@@ -179,6 +192,14 @@ class ClientNode:
                     "SOCKS5 proxy listening on %s:%d",
                     self.config.socks_host,
                     self.socks_port,
+                )
+            if http_listeners:
+                http = HttpListener(manager, self.config.http, self.stats)
+                nursery.start_soon(trio.serve_listeners, http.handle, http_listeners)
+                logger.info(
+                    "HTTP proxy listening on %s:%d",
+                    self.config.http_host,
+                    self.http_port,
                 )
             if control is not None:
                 server = ControlServer(self.status, manager.newnym)

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 from hopchain._version import __version__
 
 if TYPE_CHECKING:
+    from hopchain.client.http import HttpOptions
     from hopchain.client.socks import SocksOptions
 from hopchain.errors import ConfigError, HopchainError
 
 logger = logging.getLogger("hopchain")
 
 DEFAULT_SOCKS_PORT = 9050
+DEFAULT_HTTP_PORT = 8118
 DEFAULT_CLIENT_DIR = Path("~/.hopchain/client").expanduser()
 
 
@@ -81,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start a directory authority, N relays on 127.0.0.2, 127.0.0.3, ... "
             "(some of them exits) and a client, each as its own process, and "
-            "print the SOCKS5 address once a circuit is built. Ctrl-C or "
-            "SIGTERM stops everything."
+            "print the SOCKS5 and HTTP proxy addresses once a circuit is built. "
+            "Ctrl-C or SIGTERM stops everything."
         ),
     )
     demo.add_argument(
@@ -185,10 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     client = sub.add_parser(
         "client",
-        help="run the local client (SOCKS5 proxy)",
+        help="run the local client (SOCKS5 and HTTP proxy)",
         description=(
             "Fetch and verify the consensus, build circuits, and serve SOCKS5 "
-            "CONNECT on --socks-port. Host names are resolved by the exit."
+            "CONNECT on --socks-port and an HTTP proxy (CONNECT, and http:// "
+            "URLs with identifying headers removed) on --http-port. Host names "
+            "are resolved by the exit."
         ),
     )
     client.add_argument(
@@ -269,6 +273,32 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         default=256,
         help="app connections allowed in their handshake at once (default 256)",
     )
+    http = parser.add_argument_group("HTTP proxy port")
+    http.add_argument(
+        "--http-port",
+        type=_port,
+        default=DEFAULT_HTTP_PORT,
+        help=f"HTTP proxy port: CONNECT and plain http:// URLs "
+        f"(default {DEFAULT_HTTP_PORT}; 0: any)",
+    )
+    http.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="HTTP proxy listen address (default 127.0.0.1; anything but "
+        "loopback lets other machines use your circuits, and is logged as a "
+        "warning)",
+    )
+    http.add_argument(
+        "--no-http",
+        action="store_true",
+        help="do not open the HTTP proxy port",
+    )
+    http.add_argument(
+        "--http-normalise-headers",
+        action="store_true",
+        help="on plain http:// requests, also replace User-Agent with one "
+        "common value and drop a Referer from another origin",
+    )
 
 
 def _client_argv(args: argparse.Namespace) -> list[str]:
@@ -280,6 +310,12 @@ def _client_argv(args: argparse.Namespace) -> list[str]:
         argv.append("--isolate-dest-port")
     if args.socks_auth:
         argv += ["--socks-auth", args.socks_auth]
+    if args.no_http:
+        argv.append("--no-http")
+    else:
+        argv += ["--http-port", str(args.http_port), "--http-host", args.http_host]
+    if args.http_normalise_headers:
+        argv.append("--http-normalise-headers")
     return argv
 
 
@@ -302,6 +338,31 @@ def _socks_options(args: argparse.Namespace) -> "SocksOptions":
         required_credentials=required,
         max_pending=args.max_pending,
     )
+
+
+def _http_options(args: argparse.Namespace) -> "HttpOptions":
+    from hopchain.client.http import HttpOptions
+    from hopchain.isolation import IsolationRules
+    from hopchain.scrub import ScrubOptions
+
+    return HttpOptions(
+        isolation=IsolationRules(
+            dest_addr=args.isolate_dest_addr, dest_port=args.isolate_dest_port
+        ),
+        scrub=ScrubOptions(normalise_identity=args.http_normalise_headers),
+        max_pending=args.max_pending,
+    )
+
+
+def _warn_if_public_http(args: argparse.Namespace) -> None:
+    from hopchain.httpproxy import is_loopback_host
+
+    if not args.no_http and not is_loopback_host(args.http_host):
+        logger.warning(
+            "the HTTP proxy listens on %s, not on loopback: anyone who can "
+            "reach that address can use your circuits",
+            args.http_host,
+        )
 
 
 def _configure_logging(level: str) -> None:
@@ -409,7 +470,11 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         test_network=args.test_network,
         socks=_socks_options(args),
         data_dir=args.data_dir,
+        http_host=args.http_host,
+        http_port=None if args.no_http else args.http_port,
+        http=_http_options(args),
     )
+    _warn_if_public_http(args)
     node = ClientNode(config, TcpNetwork(), random.SystemRandom())
 
     async def run() -> None:
@@ -417,7 +482,8 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
 
         async with trio.open_nursery() as nursery:
             port = await nursery.start(node.serve)
-            _ready(f"ready socks5 {args.socks_host}:{port}")
+            http = "" if args.no_http else f" http {args.http_host}:{node.http_port}"
+            _ready(f"ready socks5 {args.socks_host}:{port}{http}")
 
     return run
 
@@ -450,6 +516,7 @@ def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     if not 1 <= args.exits <= args.relays - 1:
         raise ConfigError("--exits must be between 1 and relays - 1")
     _socks_options(args)  # refuse bad client options before starting anything
+    _warn_if_public_http(args)
     options = DemoOptions(
         relays=args.relays,
         exits=args.exits,

@@ -119,3 +119,42 @@ def test_doctor_without_a_running_client_says_so(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no hopchain client answers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"), [("0.0.0.0", True), ("127.0.0.1", False), ("::1", False)]
+)
+def test_a_public_http_proxy_address_is_logged_as_a_warning(
+    host: str, warned: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hopchain import cli
+
+    args = cli.build_parser().parse_args(
+        [
+            "client",
+            "--authority",
+            f"127.0.0.1:7000={KEY}",
+            "--data-dir",
+            str(tmp_path),
+            "--http-host",
+            host,
+        ]
+    )
+    with caplog.at_level("WARNING", logger="hopchain"):
+        cli._client(args)  # builds the node; nothing is started
+    assert ("not on loopback" in caplog.text) is warned
+
+
+def test_client_passes_http_options_from_the_command_line(tmp_path: Path) -> None:
+    from hopchain import cli
+
+    argv = ["--authority", f"127.0.0.1:7000={KEY}", "--data-dir", str(tmp_path)]
+    args = cli.build_parser().parse_args(
+        ["client", *argv, "--http-port", "0", "--http-normalise-headers"]
+    )
+    assert args.http_port == 0
+    assert cli._http_options(args).scrub.normalise_identity
+    assert "--http-normalise-headers" in cli._client_argv(args)
+    off = cli.build_parser().parse_args(["demo", "--no-http"])
+    assert "--no-http" in cli._client_argv(off)
+    assert cli.build_parser().parse_args(["demo"]).http_port == 8118

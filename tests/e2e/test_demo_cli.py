@@ -51,12 +51,32 @@ def _echo(socks_port: int, origin_port: int) -> str:
     return data.split(b"\n")[0].decode().split()[1]
 
 
+def _echo_via_http_connect(http_port: int, origin_port: int) -> str:
+    with socket.create_connection(("127.0.0.1", http_port), timeout=20) as sock:
+        sock.sendall(
+            f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            chunk = sock.recv(4096)
+            assert chunk, reply
+            reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 "), reply
+        sock.sendall(b"ECHO\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = reply.split(b"\r\n\r\n", 1)[1]
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data.split(b"\n")[0].decode().split()[1]
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 async def test_demo_serves_socks_and_stops_cleanly(
     tmp_path: Path, nursery: trio.Nursery, stop_signal: signal.Signals
 ) -> None:
     data_dir = tmp_path / "demo"
     socks_port = _free_port()
+    http_port = _free_port()
     origin = await nursery.start(
         functools.partial(trio.serve_tcp, _origin_handler, 0, host="127.0.0.1")
     )
@@ -69,6 +89,8 @@ async def test_demo_serves_socks_and_stops_cleanly(
             "demo",
             "--socks-port",
             str(socks_port),
+            "--http-port",
+            str(http_port),
             "--data-dir",
             str(data_dir),
         ],
@@ -79,11 +101,17 @@ async def test_demo_serves_socks_and_stops_cleanly(
     output = b""
     try:
         with trio.fail_after(90):
-            while b"SOCKS5 proxy:" not in output:
+            while b"Press Ctrl-C" not in output:
                 chunk = await process.stdout.receive_some(4096)
                 assert chunk, f"demo exited early: {output.decode()}"
                 output += chunk
             peer = await trio.to_thread.run_sync(_echo, socks_port, origin_port)
+            assert f"HTTP proxy: 127.0.0.1:{http_port}".encode() in output
+            via_http = await trio.to_thread.run_sync(
+                _echo_via_http_connect, http_port, origin_port
+            )
+        assert via_http.startswith("127.0.0.")
+        assert via_http not in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
         assert peer.startswith("127.0.0.")
         assert peer not in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4")
         process.send_signal(stop_signal)
