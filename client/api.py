@@ -21,7 +21,7 @@ Streams opened with different ``isolation`` strings never share a circuit
 """
 
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -76,7 +76,13 @@ class HopchainClient:
         self._node = node
 
     async def open_stream(
-        self, host: str, port: int, *, isolation: str | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        isolation: str | None = None,
+        exit_countries: Iterable[str] = (),
+        exclude_exit_countries: Iterable[str] = (),
     ) -> HopchainStream:
         """A stream to host:port through the network.
 
@@ -84,6 +90,9 @@ class HopchainClient:
             host: a name (resolved by the exit) or an IP address.
             port: the destination port.
             isolation: streams with different values never share a circuit.
+            exit_countries: two-letter codes; if given, the exit must be in
+                one of them (strict: no exit there is a PathSelectionError).
+            exclude_exit_countries: the exit must not be in any of these.
 
         Raises:
             StreamError: the exit refused or could not connect (``.reason``).
@@ -97,6 +106,8 @@ class HopchainClient:
             host=host,
             port=port,
             username=None if isolation is None else isolation.encode(),
+            exit_countries=frozenset(exit_countries),
+            exclude_exit_countries=frozenset(exclude_exit_countries),
         )
         handle, stream = await manager.open_stream(host, port, key)
         return HopchainStream(stream, lambda: manager.release(handle, stream))

@@ -171,7 +171,7 @@ class CircuitManager:
             async with self._build_lock:
                 found = self._reusable(port, isolation)
                 if found is None:
-                    found = await self.build(port)
+                    found = await self.build(port, isolation)
         if isolation is not None and found.isolation is None:
             found.isolation = isolation
         return found
@@ -188,20 +188,37 @@ class CircuitManager:
                 and (port is None or handle.exit.allows_exit_to(port))
                 and handle.isolation in (None, isolation)
                 and handle.epoch == self.epoch
+                and self._constraints(port, isolation).allows_exit_country(
+                    handle.exit.country
+                )
             ):
                 return handle
         return None
 
-    async def build(self, port: int | None) -> ClientCircuitHandle:
-        """Build a fresh circuit for ``port`` (None: any exit), retrying."""
+    def _constraints(
+        self, port: int | None, isolation: IsolationKey | None
+    ) -> PathConstraints:
+        return PathConstraints(
+            hops=self._hops,
+            port=port,
+            same_subnet_ok=self._same_subnet_ok,
+            exit_countries=isolation.exit_countries if isolation else frozenset(),
+            exclude_exit_countries=(
+                isolation.exclude_exit_countries if isolation else frozenset()
+            ),
+        )
+
+    async def build(
+        self, port: int | None, isolation: IsolationKey | None = None
+    ) -> ClientCircuitHandle:
+        """Build a fresh circuit for ``port`` (None: any exit), retrying.
+
+        The exit satisfies the country constraints of ``isolation``.
+        """
         last: Exception | None = None
         for _ in range(BUILD_ATTEMPTS):
             path = select_path(
-                self._consensus(),
-                PathConstraints(
-                    hops=self._hops, port=port, same_subnet_ok=self._same_subnet_ok
-                ),
-                self._rng,
+                self._consensus(), self._constraints(port, isolation), self._rng
             )
             started = trio.current_time()
             try:

@@ -7,7 +7,10 @@ Tor's SOCKSPort isolation flags (proposal 171):
   listeners from one another by default) and its SOCKS username and password
   (Tor's IsolateSOCKSAuth, on by default);
 * with ``dest_addr``: the destination host (IsolateDestAddr);
-* with ``dest_port``: the destination port (IsolateDestPort).
+* with ``dest_port``: the destination port (IsolateDestPort);
+* always: the exit-country constraints the stream asked for (a circuit's
+  exit must satisfy them, so streams with other constraints need another
+  circuit).
 
 A circuit is bound to the key of the first stream it carries; later streams
 with another key get another circuit.  NEWNYM is handled by the circuit
@@ -34,6 +37,8 @@ class IsolationKey:
     password: bytes | None = None
     dest_addr: str | None = None
     dest_port: int | None = None
+    exit_countries: frozenset[str] = frozenset()
+    exclude_exit_countries: frozenset[str] = frozenset()
 
 
 def isolation_key(
@@ -44,6 +49,8 @@ def isolation_key(
     port: int,
     username: bytes | None = None,
     password: bytes | None = None,
+    exit_countries: frozenset[str] = frozenset(),
+    exclude_exit_countries: frozenset[str] = frozenset(),
 ) -> IsolationKey:
     """The key of a stream to host:port that arrived on ``listener``."""
     return IsolationKey(
@@ -52,4 +59,6 @@ def isolation_key(
         password=password,
         dest_addr=host.lower() if rules.dest_addr else None,
         dest_port=port if rules.dest_port else None,
+        exit_countries=frozenset(c.upper() for c in exit_countries),
+        exclude_exit_countries=frozenset(c.upper() for c in exclude_exit_countries),
     )

@@ -27,11 +27,26 @@ from hopchain.exitpolicy import normalise
 
 @dataclass(frozen=True, slots=True)
 class PathConstraints:
-    """What the caller asks of a path (``port`` None: any exit will do)."""
+    """What the caller asks of a path.
+
+    ``port`` None: any exit will do.  ``exit_countries``: if not empty, the
+    exit's (upper-case, two-letter) country must be one of them;
+    ``exclude_exit_countries``: the exit's country must not be one of them.
+    Countries come from the relays' descriptors.
+    """
 
     hops: int = 3
     port: int | None = 80
     same_subnet_ok: bool = False
+    exit_countries: frozenset[str] = frozenset()
+    exclude_exit_countries: frozenset[str] = frozenset()
+
+    def allows_exit_country(self, country: str) -> bool:
+        """Whether an exit in ``country`` satisfies the country constraints."""
+        country = country.upper()
+        if self.exit_countries and country not in self.exit_countries:
+            return False
+        return country not in self.exclude_exit_countries
 
 
 def _subnet(address: str) -> str:
@@ -69,12 +84,19 @@ def select_path(
     exits = [
         r
         for r in running
-        if "Exit" in r.flags and (port is None or r.descriptor.allows_exit_to(port))
+        if "Exit" in r.flags
+        and (port is None or r.descriptor.allows_exit_to(port))
+        and constraints.allows_exit_country(r.descriptor.country)
     ]
     if not exits:
         wanted = "any port" if port is None else f"port {port}"
+        where = ""
+        if constraints.exit_countries:
+            where = " in " + ",".join(sorted(constraints.exit_countries))
+        if constraints.exclude_exit_countries:
+            where += " outside " + ",".join(sorted(constraints.exclude_exit_countries))
         raise PathSelectionError(
-            f"no running exit accepts {wanted} ({len(running)} running relays)"
+            f"no running exit{where} accepts {wanted} ({len(running)} running relays)"
         )
     chosen = [_weighted(exits, rng).descriptor]
 

@@ -30,6 +30,7 @@ from hopchain.crypto.keys import IdentityKey, OnionKey
 
 RELAYS = 5
 EXITS = 2
+COUNTRIES = ["SE", "FR", "US", "DE", "NL"]  # declared; the exits are DE and NL
 
 
 class LoopbackOnlyNetwork(TcpNetwork):
@@ -163,6 +164,7 @@ async def start_testnet(nursery: trio.Nursery, **client_options: Any) -> Loopbac
             authorities=[pinned],
             exit=i >= RELAYS - EXITS,
             test_network=True,
+            country=COUNTRIES[i],
         )
         node = RelayNode(
             config, IdentityKey(seed(f"id{i}")), OnionKey(seed(f"onion{i}")), network

@@ -8,6 +8,8 @@ import pytest
 import trio
 from hopchain.client.api import HopchainClient, connect
 
+from hopchain.errors import PathSelectionError
+
 from .conftest import LoopbackNet
 
 pytestmark = pytest.mark.trio
@@ -65,3 +67,28 @@ async def test_documented_example_runs(testnet: LoopbackNet) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("peer 127.0.0.")
     assert "closed" in result.stdout
+
+
+async def test_api_exit_country_constraints(testnet: LoopbackNet) -> None:
+    by_country = {r.config.country: r.config.address for r in testnet.relays}
+    with trio.fail_after(60):
+        async with connect([testnet.authority_address], test_network=True) as client:
+            for wanted, excluded, expected in (
+                (["nl"], [], "NL"),
+                ([], ["NL"], "DE"),
+                (["DE", "NL"], ["NL"], "DE"),
+            ):
+                stream = await client.open_stream(
+                    "127.0.0.1",
+                    testnet.origin_port,
+                    exit_countries=wanted,
+                    exclude_exit_countries=excluded,
+                )
+                async with stream:
+                    await stream.send_all(b"ECHO\n")
+                    line = await stream.receive_some(100)
+                assert line == f"peer {by_country[expected]}\n".encode()
+            with pytest.raises(PathSelectionError, match="no running exit in JP"):
+                await client.open_stream(
+                    "127.0.0.1", testnet.origin_port, exit_countries=["JP"]
+                )
