@@ -132,7 +132,9 @@ async def connect(
     network: Network | None = None,
     rng: random.Random | None = None,
 ) -> AsyncIterator[HopchainClient]:
-    """Bootstrap a client (consensus and a first circuit) for this block.
+    """Bootstrap a client for this block: a verified consensus, and a first
+    circuit when one can be built (a failure there is logged, and streams
+    then build their own).
 
     Args:
         authorities: pinned authorities, as ``HOST:PORT=HEXKEY`` or parsed.

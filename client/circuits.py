@@ -2,8 +2,10 @@
 
 Circuits are built hop by hop (CREATE to the guard, then EXTEND in
 RELAY_EARLY cells) along a path from ``hopchain.path.select_path``.  A new
-stream reuses the newest open circuit whose exit accepts its port and that
-is younger than the dirtiness period; otherwise a circuit is built for it.
+stream reuses the newest open circuit whose exit accepts its port and its
+country constraints, that is younger than the dirtiness period, was built
+since the last NEWNYM, and is unused or bound to the stream's isolation key;
+otherwise a circuit is built for it.
 Link readers handle every incoming cell synchronously; stream tasks wait on
 one-shot ``_Reply`` objects for CREATED/EXTENDED/CONNECTED/RESOLVED.
 ``resolve`` asks an exit (any exit: a RESOLVE has no port) to resolve a name
@@ -87,6 +89,11 @@ class ClientCircuitHandle:
     isolation: IsolationKey | None = None
     epoch: int = 0
     on_overflow: Callable[["ClientCircuitHandle"], None] | None = None
+
+    def forget_if_ended(self, stream_id: int) -> None:
+        """Drop a stream once the core has forgotten it (both ENDs)."""
+        if self.core.streams.get(stream_id) is None:
+            self.streams.pop(stream_id, None)
 
     @property
     def exit_label(self) -> str:
@@ -387,6 +394,7 @@ class CircuitManager:
                 stream = handle.streams.get(sid)
                 if stream is not None:
                     stream.deliver(data)
+                    handle.forget_if_ended(sid)
             case (
                 Connected(stream_id=sid) | End(stream_id=sid) | Resolved(stream_id=sid)
             ):
@@ -400,6 +408,7 @@ class CircuitManager:
                         stream.remote_end()
                     else:
                         stream.abort()
+                    handle.forget_if_ended(sid)
             case Sendme():
                 handle.credit.fire()
             case Extended():
@@ -511,6 +520,10 @@ class CircuitManager:
                 handle.send(handle.core.end_stream(sid, EndReason.TIMEOUT))
 
     def release(self, handle: ClientCircuitHandle, stream: CircuitStream) -> None:
-        """Forget a finished stream (and retire its circuit if it is dirty)."""
-        handle.streams.pop(stream.stream_id, None)
+        """Forget a finished stream (and retire its circuit if it is dirty).
+
+        A closed stream stays registered until the exit's END has arrived
+        too, so data still in flight is credited and reset, not lost.
+        """
+        handle.forget_if_ended(stream.stream_id)
         self._retire_idle(trio.current_time())

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--socks-port",
         type=_port,
         default=DEFAULT_SOCKS_PORT,
-        help="client SOCKS5 port (default 9050)",
+        help="client SOCKS port: SOCKS5, SOCKS4/4a, RESOLVE (default 9050)",
     )
     demo.add_argument(
         "--data-dir",
@@ -189,10 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         "client",
         help="run the local client (SOCKS5 and HTTP proxy)",
         description=(
-            "Fetch and verify the consensus, build circuits, and serve SOCKS5 "
-            "CONNECT on --socks-port and an HTTP proxy (CONNECT, and http:// "
-            "URLs with identifying headers removed) on --http-port. Host names "
-            "are resolved by the exit."
+            "Fetch and verify the consensus, build circuits, and serve SOCKS5, "
+            "SOCKS4/4a and RESOLVE on --socks-port and an HTTP proxy (CONNECT, "
+            "and http:// URLs with identifying headers removed) on --http-port. "
+            "Host names are resolved by the exit."
         ),
     )
     client.add_argument(
@@ -203,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a pinned directory authority (repeatable)",
     )
     client.add_argument(
-        "--socks-host", default="127.0.0.1", help="SOCKS5 listen address"
+        "--socks-host", default="127.0.0.1", help="SOCKS listen address"
     )
     client.add_argument(
         "--socks-port",
         type=_port,
         default=DEFAULT_SOCKS_PORT,
-        help="SOCKS5 port (default 9050)",
+        help="SOCKS port: SOCKS5, SOCKS4/4a, RESOLVE (default 9050)",
     )
     client.add_argument(
         "--test-network",
@@ -271,7 +271,8 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
         "--max-pending",
         type=int,
         default=256,
-        help="app connections allowed in their handshake at once (default 256)",
+        help="app connections per port that may wait for their handshake or "
+        "request head at once (default 256)",
     )
     http = parser.add_argument_group("HTTP proxy port")
     http.add_argument(

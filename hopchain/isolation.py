@@ -3,7 +3,7 @@
 Two streams share a circuit only if their ``IsolationKey`` is equal, as with
 Tor's SOCKSPort isolation flags (proposal 171):
 
-* always: the listener the app used (``socks`` or ``http``; Tor isolates
+* always: the listener the app used (``socks``, ``http`` or ``api``; Tor isolates
   listeners from one another by default) and its SOCKS username and password
   (Tor's IsolateSOCKSAuth, on by default);
 * with ``dest_addr``: the destination host (IsolateDestAddr);

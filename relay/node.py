@@ -368,6 +368,7 @@ class RelayNode:
                 if stream is None:
                     raise ProtocolError("data before connected")
                 stream.deliver(data)
+                _forget_if_ended(circuit.streams, circuit.core, sid)
             case End(stream_id=sid, reason=reason):
                 lookup = circuit.resolving.pop(sid, None)
                 if lookup is not None:
@@ -379,6 +380,7 @@ class RelayNode:
                         stream.remote_end()
                     else:
                         stream.abort()
+                    _forget_if_ended(circuit.streams, circuit.core, sid)
                 scope = circuit.connecting.get(sid)
                 if scope is not None and reason != EndReason.DONE:
                     scope.cancel()
@@ -482,7 +484,9 @@ class RelayNode:
         try:
             await splice(socket, stream)
         finally:
-            circuit.streams.pop(sid, None)
+            # A closed stream stays registered until the client's END too, so
+            # its late data is credited and reset rather than unexpected.
+            _forget_if_ended(circuit.streams, circuit.core, sid)
 
     async def _exit_resolve(self, circuit: _Circuit, message: Resolve) -> None:
         sid = message.stream_id
@@ -615,6 +619,14 @@ class RelayNode:
         except trio.TooSlowError as exc:
             raise StreamError("connect timed out", EndReason.TIMEOUT) from exc
         raise StreamError("connect failed", _reason_for(last))
+
+
+def _forget_if_ended(
+    streams: dict[int, CircuitStream], core: RelayCircuit, stream_id: int
+) -> None:
+    """Drop the shell's stream once the core has forgotten it (both ENDs)."""
+    if core.streams.get(stream_id) is None:
+        streams.pop(stream_id, None)
 
 
 def _reason_for(exc: OSError | None) -> EndReason:

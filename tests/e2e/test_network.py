@@ -15,6 +15,7 @@ from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.net import TcpNetwork
 
 from hopchain.errors import DirectoryError
+from hopchain.flow import CIRCUIT_WINDOW
 
 from .conftest import LoopbackNet, pattern
 
@@ -284,3 +285,39 @@ async def test_malformed_socks_input_never_hurts_the_client(
         assert reply[:1] in (b"", b"\x05", b"\x01")
         peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
     assert peer in testnet.exit_addresses
+
+
+async def test_late_data_after_the_destination_closed_keeps_the_circuit(
+    testnet: LoopbackNet,
+) -> None:
+    """The origin closes while the app still uploads: only that stream ends."""
+    manager = testnet.client.manager
+    assert manager is not None
+
+    def upload_into_a_closed_destination() -> None:
+        with _socks_socket(testnet) as sock:
+            sock.connect(("127.0.0.1", testnet.origin_port))
+            sock.sendall(b"BYTES 0\n")  # the origin answers nothing and closes
+            try:
+                for _ in range(64):
+                    sock.sendall(b"x" * 65536)
+                while sock.recv(65536):
+                    pass
+            except OSError:
+                pass  # reset: expected once the exit has told the client
+
+    with trio.fail_after(60):
+        await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+        (before,) = [c["id"] for c in manager.describe()]
+        await trio.to_thread.run_sync(upload_into_a_closed_destination)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        assert [c["id"] for c in manager.describe()] == [before]  # not destroyed
+        _, rest = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
+    assert rest.endswith(b"closed\n")
+    assert [c["id"] for c in manager.describe()] == [before]
+    # Nothing is left registered, and no credit went missing: what is not yet
+    # credited is less than the quarter window that SENDMEs are batched in.
+    handle = next(iter(manager._circuits.values()))
+    assert handle.streams == {}
+    assert handle.core.streams.send.unacked < CIRCUIT_WINDOW // 4
+    assert handle.core.streams.receive.outstanding < CIRCUIT_WINDOW // 4
