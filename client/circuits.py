@@ -29,6 +29,7 @@ from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
 from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import (
     CircuitError,
+    PathSelectionError,
     ProtocolError,
     StreamError,
 )
@@ -43,7 +44,7 @@ from hopchain.messages import (
     Sendme,
     Truncated,
 )
-from hopchain.path import PathConstraints, select_path
+from hopchain.path import CountryRules, PathConstraints, select_path
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -135,8 +136,10 @@ class CircuitManager:
         dirtiness: float,
         rng: random.Random,
         nursery: trio.Nursery,
+        countries: CountryRules | None = None,
     ) -> None:
         self._network = network
+        self._countries = countries or CountryRules()
         self._consensus = consensus
         self._hops = hops
         self._same_subnet_ok = same_subnet_ok
@@ -203,17 +206,53 @@ class CircuitManager:
         return None
 
     def _constraints(
-        self, port: int | None, isolation: IsolationKey | None
+        self,
+        port: int | None,
+        isolation: IsolationKey | None,
+        *,
+        fallback: bool = False,
     ) -> PathConstraints:
+        """The path constraints for a stream: its own exit countries (from the
+        API) or else the client's standing rules; ``fallback`` drops the
+        exit-country rules (never the excluded-anywhere countries)."""
+        rules = self._countries
+        wanted = isolation.exit_countries if isolation else frozenset()
+        excluded = isolation.exclude_exit_countries if isolation else frozenset()
+        if not (wanted or excluded) and not fallback:
+            wanted, excluded = rules.exit_countries, rules.exclude_exit
         return PathConstraints(
             hops=self._hops,
             port=port,
             same_subnet_ok=self._same_subnet_ok,
-            exit_countries=isolation.exit_countries if isolation else frozenset(),
-            exclude_exit_countries=(
-                isolation.exclude_exit_countries if isolation else frozenset()
-            ),
+            exit_countries=wanted,
+            exclude_exit_countries=excluded,
+            exclude_countries_anywhere=rules.exclude_anywhere,
         )
+
+    def _select(
+        self, port: int | None, isolation: IsolationKey | None
+    ) -> list[Descriptor]:
+        """A path; without --strict-countries, falls back to any exit (logged)."""
+        try:
+            return select_path(
+                self._consensus(), self._constraints(port, isolation), self._rng
+            )
+        except PathSelectionError as exc:
+            own = isolation is not None and bool(
+                isolation.exit_countries or isolation.exclude_exit_countries
+            )
+            if own or self._countries.strict or not self._countries.limits_exits:
+                raise
+            logger.warning(
+                "%s; using an exit outside the chosen countries "
+                "(--strict-countries refuses instead)",
+                exc,
+            )
+            return select_path(
+                self._consensus(),
+                self._constraints(port, isolation, fallback=True),
+                self._rng,
+            )
 
     async def build(
         self, port: int | None, isolation: IsolationKey | None = None
@@ -224,9 +263,7 @@ class CircuitManager:
         """
         last: Exception | None = None
         for _ in range(BUILD_ATTEMPTS):
-            path = select_path(
-                self._consensus(), self._constraints(port, isolation), self._rng
-            )
+            path = self._select(port, isolation)
             started = trio.current_time()
             try:
                 handle = await self._build_path(path)

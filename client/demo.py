@@ -41,6 +41,20 @@ class DemoOptions:
     client_argv: list[str]
 
 
+EXIT_COUNTRIES: Final = ("DE", "NL", "SE", "CH", "FR", "IS")
+MIDDLE_COUNTRIES: Final = ("FR", "SE", "US", "CA", "GB", "JP")
+
+
+def _country(index: int, first_exit: int) -> str:
+    """The country relay ``index`` declares: exits alternate DE, NL, ...
+
+    Declared, not looked up: every demo relay is on 127.0.0.0/8.
+    """
+    if index >= first_exit:
+        return EXIT_COUNTRIES[(index - first_exit) % len(EXIT_COUNTRIES)]
+    return MIDDLE_COUNTRIES[index % len(MIDDLE_COUNTRIES)]
+
+
 class _Child:
     """One node process: its name, log file, and the ready line it printed."""
 
@@ -151,6 +165,8 @@ async def run_demo(options: DemoOptions) -> None:
                         "--authority",
                         authority_arg,
                         "--test-network",
+                        "--country",
+                        _country(i, options.relays - options.exits),
                         *common,
                     ]
                     if is_exit:

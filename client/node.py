@@ -24,7 +24,7 @@ from hopchain.relay.net import Network, bound_port, wall_clock
 
 from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
 from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
-from hopchain.path import PathConstraints, select_path
+from hopchain.path import CountryRules, PathConstraints, exit_choice, select_path
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class ClientConfig:
     http_port: int | None = None
     http: HttpOptions = field(default_factory=HttpOptions)
     data_dir: Path | None = None
+    countries: CountryRules = field(default_factory=CountryRules)
 
     @property
     def control_path(self) -> Path | None:
@@ -138,8 +139,32 @@ class ClientNode:
                     len(consensus.relays),
                     sum("Exit" in r.flags for r in consensus.relays),
                 )
+                self._describe_exit_choice(consensus)
                 return
         raise DirectoryError(f"bootstrap timed out: {reason}")
+
+    def _describe_exit_choice(self, consensus: Consensus) -> None:
+        """Say what the country rules cost: how many exits, what bandwidth."""
+        rules = self.config.countries
+        if not rules.limits_exits:
+            return
+        choice = exit_choice(
+            consensus,
+            PathConstraints(
+                port=None,
+                exit_countries=rules.exit_countries,
+                exclude_exit_countries=rules.exclude_exit,
+                exclude_countries_anywhere=rules.exclude_anywhere,
+            ),
+        )
+        log = logger.warning if choice.is_small else logger.info
+        log(
+            "country rules leave %d of %d running exits, %.0f%% of exit bandwidth%s",
+            len(choice.matching),
+            choice.running_exits,
+            100 * choice.bandwidth_share,
+            ": few enough to single you out" if choice.is_small else "",
+        )
 
     async def serve(
         self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
@@ -178,6 +203,7 @@ class ClientNode:
                 dirtiness=self.config.dirtiness,
                 rng=self.rng,
                 nursery=nursery,
+                countries=self.config.countries,
             )
             self.manager = manager
             try:

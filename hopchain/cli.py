@@ -17,6 +17,7 @@ from hopchain._version import __version__
 if TYPE_CHECKING:
     from hopchain.client.http import HttpOptions
     from hopchain.client.socks import SocksOptions
+    from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
 
 logger = logging.getLogger("hopchain")
@@ -225,6 +226,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(client)
     _add_common(client)
 
+    exits = sub.add_parser(
+        "exits",
+        help="list the exits that the country options leave, and what they cost",
+        description=(
+            "Fetch and verify the consensus and list the running exits that "
+            "satisfy --exit-country / --exclude-country / "
+            "--exclude-country-anywhere (and accept --port), with their share "
+            "of exit bandwidth; warns when the set is small enough to single "
+            "you out."
+        ),
+    )
+    exits.add_argument(
+        "--authority",
+        action="append",
+        required=True,
+        metavar="HOST:PORT=KEY",
+        help="a pinned directory authority (repeatable)",
+    )
+    exits.add_argument("--port", type=_port, help="only exits that accept this port")
+    for flag, text in (
+        ("--exit-country", "exit only in these countries"),
+        ("--exclude-country", "never exit in these countries"),
+        ("--exclude-country-anywhere", "no hop in these countries"),
+    ):
+        exits.add_argument(
+            flag, type=_countries, default=frozenset(), metavar="CC,CC", help=text
+        )
+    _add_common(exits)
+
     for name, text in (
         ("doctor", "report what a running client sees, in plain words"),
         ("newnym", "make a running client use new circuits for new streams"),
@@ -243,8 +273,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _countries(text: str) -> frozenset[str]:
+    codes = frozenset(c.strip().upper() for c in text.split(",") if c.strip())
+    if not codes or not all(len(c) == 2 and c.isalpha() and c.isascii() for c in codes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of two-letter country codes such as de,nl"
+        )
+    return codes
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """Options of the client that ``hopchain demo`` hands to its client too."""
+    parser.add_argument(
+        "--exit-country",
+        type=_countries,
+        default=frozenset(),
+        metavar="CC,CC",
+        help="exit only in these countries (e.g. de,nl)",
+    )
+    parser.add_argument(
+        "--exclude-country",
+        type=_countries,
+        default=frozenset(),
+        metavar="CC,CC",
+        help="never exit in these countries",
+    )
+    parser.add_argument(
+        "--exclude-country-anywhere",
+        type=_countries,
+        default=frozenset(),
+        metavar="CC,CC",
+        help="no hop at all in these countries",
+    )
+    parser.add_argument(
+        "--strict-countries",
+        action="store_true",
+        help="refuse a stream when no exit fits the country options, instead of "
+        "falling back to any exit (the fallback is logged)",
+    )
     parser.add_argument(
         "--hops",
         type=_positive_hops,
@@ -317,7 +383,27 @@ def _client_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--http-port", str(args.http_port), "--http-host", args.http_host]
     if args.http_normalise_headers:
         argv.append("--http-normalise-headers")
+    for flag, codes in (
+        ("--exit-country", args.exit_country),
+        ("--exclude-country", args.exclude_country),
+        ("--exclude-country-anywhere", args.exclude_country_anywhere),
+    ):
+        if codes:
+            argv += [flag, ",".join(sorted(codes))]
+    if args.strict_countries:
+        argv.append("--strict-countries")
     return argv
+
+
+def _country_rules(args: argparse.Namespace) -> "CountryRules":
+    from hopchain.path import CountryRules
+
+    return CountryRules(
+        exit_countries=args.exit_country,
+        exclude_exit=args.exclude_country,
+        exclude_anywhere=args.exclude_country_anywhere,
+        strict=args.strict_countries,
+    )
 
 
 def _socks_options(args: argparse.Namespace) -> "SocksOptions":
@@ -474,6 +560,7 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         http_host=args.http_host,
         http_port=None if args.no_http else args.http_port,
         http=_http_options(args),
+        countries=_country_rules(args),
     )
     _warn_if_public_http(args)
     node = ClientNode(config, TcpNetwork(), random.SystemRandom())
@@ -485,6 +572,52 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
             port = await nursery.start(node.serve)
             http = "" if args.no_http else f" http {args.http_host}:{node.http_port}"
             _ready(f"ready socks5 {args.socks_host}:{port}{http}")
+
+    return run
+
+
+def _exits(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    import random
+
+    from hopchain.client.node import ClientConfig, ClientNode
+    from hopchain.path import PathConstraints, exit_choice
+    from hopchain.relay.dirclient import AuthorityAddress
+    from hopchain.relay.net import TcpNetwork
+
+    node = ClientNode(
+        ClientConfig(authorities=[AuthorityAddress.parse(a) for a in args.authority]),
+        TcpNetwork(),
+        random.SystemRandom(),
+    )
+
+    async def run() -> None:
+        consensus = await node.fetch_consensus()
+        choice = exit_choice(
+            consensus,
+            PathConstraints(
+                port=args.port,
+                exit_countries=args.exit_country,
+                exclude_exit_countries=args.exclude_country,
+                exclude_countries_anywhere=args.exclude_country_anywhere,
+            ),
+        )
+        print(
+            f"{len(choice.matching)} of {choice.running_exits} running exits match, "
+            f"{100 * choice.bandwidth_share:.0f}% of exit bandwidth:"
+        )
+        for d in sorted(choice.matching, key=lambda d: -d.bandwidth):
+            ports = ",".join(
+                f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in d.exit_ports
+            )
+            print(
+                f"  {d.nickname:<20} {d.address:<16} {d.country or '??':<3} "
+                f"{d.bandwidth / 1e6:7.1f} MB/s  ports {ports}"
+            )
+        if choice.is_small:
+            print(
+                "warning: so few exits (or so little of their bandwidth) that "
+                "your traffic may stand out among the few who exit there"
+            )
 
     return run
 
@@ -535,6 +668,7 @@ _COMMANDS = {
     "relay": _relay,
     "client": _client,
     "demo": _demo,
+    "exits": _exits,
     "doctor": _control_command,
     "newnym": _control_command,
 }

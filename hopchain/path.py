@@ -31,8 +31,9 @@ class PathConstraints:
 
     ``port`` None: any exit will do.  ``exit_countries``: if not empty, the
     exit's (upper-case, two-letter) country must be one of them;
-    ``exclude_exit_countries``: the exit's country must not be one of them.
-    Countries come from the relays' descriptors.
+    ``exclude_exit_countries``: the exit's country must not be one of them;
+    ``exclude_countries_anywhere``: no hop may be in one of them.  Countries
+    come from the relays' descriptors.
     """
 
     hops: int = 3
@@ -40,11 +41,14 @@ class PathConstraints:
     same_subnet_ok: bool = False
     exit_countries: frozenset[str] = frozenset()
     exclude_exit_countries: frozenset[str] = frozenset()
+    exclude_countries_anywhere: frozenset[str] = frozenset()
 
     def allows_exit_country(self, country: str) -> bool:
         """Whether an exit in ``country`` satisfies the country constraints."""
         country = country.upper()
         if self.exit_countries and country not in self.exit_countries:
+            return False
+        if country in self.exclude_countries_anywhere:
             return False
         return country not in self.exclude_exit_countries
 
@@ -79,7 +83,12 @@ def select_path(
     """
     if not 1 <= constraints.hops <= 8:
         raise ValueError(f"hops must be 1..8, not {constraints.hops}")
-    running = [r for r in consensus.relays if "Running" in r.flags]
+    running = [
+        r
+        for r in consensus.relays
+        if "Running" in r.flags
+        and r.descriptor.country.upper() not in constraints.exclude_countries_anywhere
+    ]
     port = constraints.port
     exits = [
         r
@@ -124,3 +133,56 @@ def select_path(
                 )
             chosen.insert(-1, _weighted(pool, rng).descriptor)
     return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class CountryRules:
+    """A client's standing country choices (``--exit-country`` and friends).
+
+    ``strict``: refuse a stream when no exit satisfies them, instead of
+    falling back to any exit (the fallback never relaxes
+    ``exclude_anywhere``).
+    """
+
+    exit_countries: frozenset[str] = frozenset()
+    exclude_exit: frozenset[str] = frozenset()
+    exclude_anywhere: frozenset[str] = frozenset()
+    strict: bool = False
+
+    @property
+    def limits_exits(self) -> bool:
+        """Whether these rules narrow the choice of exit."""
+        return bool(self.exit_countries or self.exclude_exit or self.exclude_anywhere)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitChoice:
+    """What a set of exit constraints leaves to choose from."""
+
+    matching: tuple[Descriptor, ...]
+    running_exits: int
+    bandwidth_share: float
+
+    @property
+    def is_small(self) -> bool:
+        """Few enough exits that using them could single a user out."""
+        return len(self.matching) < 3 or self.bandwidth_share < 0.1
+
+
+def exit_choice(consensus: Consensus, constraints: PathConstraints) -> ExitChoice:
+    """The running exits that satisfy ``constraints`` (port and countries).
+
+    Returns them with the number of running exits in all and the share of
+    exit bandwidth they hold, so a user can see what a choice costs.
+    """
+    exits = [
+        r.descriptor
+        for r in consensus.relays
+        if "Running" in r.flags
+        and "Exit" in r.flags
+        and (constraints.port is None or r.descriptor.allows_exit_to(constraints.port))
+    ]
+    matching = tuple(d for d in exits if constraints.allows_exit_country(d.country))
+    total = sum(max(1, d.bandwidth) for d in exits)
+    share = sum(max(1, d.bandwidth) for d in matching) / total if total else 0.0
+    return ExitChoice(matching, len(exits), share)

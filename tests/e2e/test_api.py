@@ -1,14 +1,18 @@
 """The Python API, and its documented example run as a user would run it."""
 
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import socks
 import trio
 from hopchain.client.api import HopchainClient, connect
+from hopchain.client.node import ClientConfig, ClientNode
 
 from hopchain.errors import PathSelectionError
+from hopchain.path import CountryRules
 
 from .conftest import LoopbackNet
 
@@ -92,3 +96,93 @@ async def test_api_exit_country_constraints(testnet: LoopbackNet) -> None:
                 await client.open_stream(
                     "127.0.0.1", testnet.origin_port, exit_countries=["JP"]
                 )
+
+
+async def _peer_via(net: LoopbackNet, **countries: object) -> str:
+    """One ECHO through a fresh in-process client with these country rules."""
+    async with trio.open_nursery() as nursery:
+        client = ClientNode(
+            ClientConfig(
+                authorities=[net.authority_address],
+                socks_port=0,
+                test_network=True,
+                countries=CountryRules(**countries),  # type: ignore[arg-type]
+            ),
+            net.network,
+            random.Random(3),
+        )
+        port = await nursery.start(client.serve)
+
+        def echo() -> str:
+            with socks.socksocket() as sock:
+                sock.set_proxy(socks.SOCKS5, "127.0.0.1", port, rdns=True)
+                sock.settimeout(20)
+                try:
+                    sock.connect(("127.0.0.1", net.origin_port))
+                except socks.GeneralProxyError as exc:
+                    return f"refused: {exc}"
+                sock.sendall(b"ECHO\n")
+                return sock.recv(100).decode().split()[1]
+
+        try:
+            return await trio.to_thread.run_sync(echo)
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_client_country_rules_strict_and_fallback(
+    testnet: LoopbackNet, caplog: pytest.LogCaptureFixture
+) -> None:
+    by_country = {r.config.country: r.config.address for r in testnet.relays}
+    with trio.fail_after(90):
+        assert (
+            await _peer_via(testnet, exit_countries=frozenset({"NL"}))
+            == (by_country["NL"])
+        )
+        assert (
+            await _peer_via(testnet, exclude_exit=frozenset({"NL"}))
+            == (by_country["DE"])
+        )
+        # No exit in JP: by default fall back to any exit, and say so ...
+        assert await _peer_via(testnet, exit_countries=frozenset({"JP"})) in (
+            testnet.exit_addresses
+        )
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("no running exit in JP" in m for m in messages)
+        assert any("outside the chosen countries" in m for m in messages)
+        # ... and refuse with --strict-countries.
+        refused = await _peer_via(
+            testnet, exit_countries=frozenset({"JP"}), strict=True
+        )
+        assert refused.startswith("refused")
+        assert "0x01" in refused
+
+
+async def test_exits_command_lists_the_choice(testnet: LoopbackNet) -> None:
+    def run(*extra: str) -> str:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hopchain",
+                "exits",
+                "--authority",
+                str(testnet.authority_address),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    with trio.fail_after(90):
+        everything = await trio.to_thread.run_sync(run)
+        only_nl = await trio.to_thread.run_sync(run, "--exit-country", "nl")
+    assert everything.startswith("2 of 2 running exits match, 100% of exit bandwidth")
+    assert only_nl.startswith("1 of 2 running exits match, 50% of exit bandwidth")
+    assert " NL " in only_nl
+    assert " DE " not in only_nl
+    assert "warning: so few exits" in only_nl
