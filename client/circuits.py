@@ -89,6 +89,7 @@ class ClientCircuitHandle:
     build_reply: _Reply | None = None
     isolation: IsolationKey | None = None
     epoch: int = 0
+    fallback: bool = False
     on_overflow: Callable[["ClientCircuitHandle"], None] | None = None
 
     def forget_if_ended(self, stream_id: int) -> None:
@@ -198,9 +199,7 @@ class CircuitManager:
                 and (port is None or handle.exit.allows_exit_to(port))
                 and handle.isolation in (None, isolation)
                 and handle.epoch == self.epoch
-                and self._constraints(port, isolation).allows_exit_country(
-                    handle.exit.country
-                )
+                and self._exit_fits(handle, port, isolation)
             ):
                 return handle
         return None
@@ -229,30 +228,50 @@ class CircuitManager:
             exclude_countries_anywhere=rules.exclude_anywhere,
         )
 
+    @staticmethod
+    def _own_countries(isolation: IsolationKey | None) -> bool:
+        """Whether the stream brings its own exit countries (the API's)."""
+        return isolation is not None and bool(
+            isolation.exit_countries or isolation.exclude_exit_countries
+        )
+
+    def _exit_fits(
+        self,
+        handle: ClientCircuitHandle,
+        port: int | None,
+        isolation: IsolationKey | None,
+    ) -> bool:
+        """Whether the circuit's exit satisfies the stream's country rules; a
+        circuit built by the logged fallback serves streams that would fall
+        back too, so the fallback does not build a circuit per stream."""
+        if self._constraints(port, isolation).allows_exit_country(handle.exit.country):
+            return True
+        return handle.fallback and not self._own_countries(isolation)
+
     def _select(
         self, port: int | None, isolation: IsolationKey | None
-    ) -> list[Descriptor]:
-        """A path; without --strict-countries, falls back to any exit (logged)."""
+    ) -> tuple[list[Descriptor], bool]:
+        """A path, and whether it is the fallback to any exit (logged), which
+        is taken only without --strict-countries."""
         try:
-            return select_path(
+            path = select_path(
                 self._consensus(), self._constraints(port, isolation), self._rng
             )
         except PathSelectionError as exc:
-            own = isolation is not None and bool(
-                isolation.exit_countries or isolation.exclude_exit_countries
-            )
-            if own or self._countries.strict or not self._countries.limits_exits:
+            if (
+                self._own_countries(isolation)
+                or self._countries.strict
+                or not self._countries.limits_exits
+            ):
                 raise
             logger.warning(
                 "%s; using an exit outside the chosen countries "
                 "(--strict-countries refuses instead)",
                 exc,
             )
-            return select_path(
-                self._consensus(),
-                self._constraints(port, isolation, fallback=True),
-                self._rng,
-            )
+            fallback = self._constraints(port, isolation, fallback=True)
+            return select_path(self._consensus(), fallback, self._rng), True
+        return path, False
 
     async def build(
         self, port: int | None, isolation: IsolationKey | None = None
@@ -263,10 +282,11 @@ class CircuitManager:
         """
         last: Exception | None = None
         for _ in range(BUILD_ATTEMPTS):
-            path = self._select(port, isolation)
+            path, fallback = self._select(port, isolation)
             started = trio.current_time()
             try:
                 handle = await self._build_path(path)
+                handle.fallback = fallback
             except (
                 CircuitError,
                 ProtocolError,

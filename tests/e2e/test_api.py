@@ -186,3 +186,33 @@ async def test_exits_command_lists_the_choice(testnet: LoopbackNet) -> None:
     assert " NL " in only_nl
     assert " DE " not in only_nl
     assert "warning: so few exits" in only_nl
+
+
+async def test_fallback_circuits_are_reused_not_rebuilt_per_stream(
+    testnet: LoopbackNet,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        client = ClientNode(
+            ClientConfig(
+                authorities=[testnet.authority_address],
+                socks_port=None,
+                test_network=True,
+                countries=CountryRules(exit_countries=frozenset({"JP"})),
+            ),
+            testnet.network,
+            random.Random(4),
+        )
+        with trio.fail_after(60):
+            await nursery.start(client.serve)
+            manager = client.manager
+            assert manager is not None
+            for _ in range(3):
+                handle, stream = await manager.open_stream(
+                    "127.0.0.1", testnet.origin_port
+                )
+                async with stream:
+                    await stream.send_all(b"ECHO\n")
+                    assert (await stream.receive_some(100)).startswith(b"peer ")
+                manager.release(handle, stream)
+        assert manager.built == 1  # the warm-up circuit served every stream
+        nursery.cancel_scope.cancel()
