@@ -17,6 +17,7 @@ from hopchain._version import __version__
 if TYPE_CHECKING:
     from hopchain.client.http import HttpOptions
     from hopchain.client.socks import SocksOptions
+    from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
 
@@ -125,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     authority.add_argument(
         "--port", type=_port, default=7000, help="listen port (default 7000; 0: any)"
+    )
+    authority.add_argument(
+        "--geoip",
+        type=Path,
+        metavar="FILE",
+        help="Tor-format IPv4 GeoIP file for relay countries "
+        "(Debian's tor-geoipdb: /usr/share/tor/geoip)",
+    )
+    authority.add_argument(
+        "--geoip6",
+        type=Path,
+        metavar="FILE",
+        help="Tor-format IPv6 GeoIP file (/usr/share/tor/geoip6)",
     )
     authority.add_argument(
         "--test-network",
@@ -476,6 +490,22 @@ def _check_relay_address(address: str) -> None:
         )
 
 
+def _load_geoip(v4: Path | None, v6: Path | None) -> "GeoIPDatabase | None":
+    from hopchain.geoip import GeoIPDatabase
+
+    if v4 is None and v6 is None:
+        return None
+    texts = []
+    for path in (v4, v6):
+        try:
+            texts.append(None if path is None else path.read_text(encoding="ascii"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read GeoIP file {path}: {exc}") from exc
+    db = GeoIPDatabase.from_tor_files(texts[0], texts[1], name=str(v4 or v6))
+    logger.info("GeoIP: %d address ranges", len(db))
+    return db
+
+
 def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     from hopchain.crypto.keys import IdentityKey
     from hopchain.relay.authority import AuthorityNode
@@ -487,7 +517,12 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         load_or_create_secret(args.data_dir / "authority_identity.key")
     )
     node = AuthorityNode(
-        identity, args.address, args.port, TcpNetwork(), test_network=args.test_network
+        identity,
+        args.address,
+        args.port,
+        TcpNetwork(),
+        test_network=args.test_network,
+        geoip=_load_geoip(args.geoip, args.geoip6),
     )
 
     async def run() -> None:

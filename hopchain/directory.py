@@ -12,13 +12,18 @@ are msgpack; every field is validated on decode and sizes are capped.
     consensus      = msgpack [body, [[authority_key, signature], ...]]
     consensus sig  = Ed25519(authority, "hopchain consensus v1\\0" | body)
     body           = msgpack map {"valid_after", "fresh_until", "valid_until",
-                                  "relays": [[descriptor, flags], ...]}
+                                  "relays": [[descriptor, flags, country,
+                                              verified], ...]}
+
+The country of each relay is the authorities' (GeoIP for public addresses,
+``verified`` true; the relay's declared country otherwise).
 
 A client accepts a consensus only if more than half of its pinned authority
 keys signed it, it is within its validity interval (allowing ``CLOCK_SKEW``),
 and every descriptor in it verifies.  Time is always passed in (``now``).
 """
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,10 +78,16 @@ class SignedDescriptor:
 
 @dataclass(frozen=True, slots=True)
 class RouterStatus:
-    """One relay in a consensus."""
+    """One relay in a consensus.
+
+    ``descriptor.country`` here is the country the *authorities* list (from
+    GeoIP for public addresses, else what the relay declared);
+    ``country_verified`` says which.
+    """
 
     descriptor: Descriptor
     flags: frozenset[str]
+    country_verified: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,18 +217,24 @@ def verify_descriptor(raw: bytes, now: float) -> SignedDescriptor:
 
 
 def build_consensus(
-    relays: list[tuple[bytes, frozenset[str]]],
+    relays: list[tuple[bytes, frozenset[str], str, bool]],
     valid_after: float,
     fresh_until: float,
     valid_until: float,
 ) -> bytes:
-    """The consensus body to be signed by each authority."""
+    """The consensus body to be signed by each authority.
+
+    Each entry is (signed descriptor, flags, country, country verified).
+    """
     return _pack(
         {
             "valid_after": valid_after,
             "fresh_until": fresh_until,
             "valid_until": valid_until,
-            "relays": [[raw, sorted(flags)] for raw, flags in relays],
+            "relays": [
+                [raw, sorted(flags), country, verified]
+                for raw, flags, country, verified in relays
+            ],
         }
     )
 
@@ -280,8 +297,16 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
     relays = body.get("relays")
     _require(isinstance(relays, list), "consensus relays missing")
     for item in relays:
-        _require(isinstance(item, list) and len(item) == 2, "bad relay entry")
-        desc_raw, flags = item
+        _require(isinstance(item, list) and len(item) == 4, "bad relay entry")
+        desc_raw, flags, country, verified = item
+        _require(
+            isinstance(country, str)
+            and len(country) in (0, 2)
+            and country.isascii()
+            and (not country or country.isalpha()),
+            "bad relay country",
+        )
+        _require(isinstance(verified, bool), "bad relay country source")
         _require(isinstance(desc_raw, bytes), "bad relay descriptor")
         _require(
             isinstance(flags, list)
@@ -289,7 +314,8 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
             "bad relay flags",
         )
         signed = verify_descriptor(desc_raw, now)
-        statuses.append(RouterStatus(signed.descriptor, frozenset(flags)))
+        listed = dataclasses.replace(signed.descriptor, country=country.upper())
+        statuses.append(RouterStatus(listed, frozenset(flags), verified))
     return Consensus(
         valid_after=valid_after,
         fresh_until=fresh_until,

@@ -8,9 +8,12 @@ relay that passed within ``RELAY_LIFETIME`` and is re-signed whenever the set
 changes or it is half-way to its fresh-until time.
 
 Flags in this version: every listed relay is Running, Valid, Fast, Stable and
-Guard; relays with an exit policy are Exit.  Measured flags (uptime and
-bandwidth thresholds) and multi-authority voting are documented as future
-work in docs/protocol.md.
+Guard; relays with an exit policy are Exit.  Each relay is listed with a
+country: with a GeoIP database (Tor's geoip/geoip6 files), a public address's
+country from it (verified); otherwise the country the relay declares (as for
+the loopback addresses of test networks), marked as declared.  Measured
+flags (uptime and bandwidth thresholds) and multi-authority voting are
+documented as future work in docs/protocol.md.
 """
 
 import logging
@@ -37,6 +40,7 @@ from hopchain.directory import (
     verify_descriptor,
 )
 from hopchain.errors import DirectoryError
+from hopchain.geoip import GeoIPDatabase, relay_country
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +68,10 @@ class AuthorityNode:
         network: Network,
         *,
         test_network: bool = False,
+        geoip: GeoIPDatabase | None = None,
     ) -> None:
         self.identity = identity
+        self.geoip = geoip
         self.address = address
         self.port = port
         self.network = network
@@ -166,10 +172,14 @@ class AuthorityNode:
             for listed in sorted(
                 self._relays.values(), key=lambda v: v.signed.descriptor.identity
             ):
+                desc = listed.signed.descriptor
                 flags = {"Running", "Valid", "Fast", "Stable", "Guard"}
-                if listed.signed.descriptor.exit_ports:
+                if desc.exit_ports:
                     flags.add("Exit")
-                entries.append((listed.signed.raw, frozenset(flags)))
+                country, verified = relay_country(
+                    desc.address, desc.country, self.geoip
+                )
+                entries.append((listed.signed.raw, frozenset(flags), country, verified))
             body = build_consensus(entries, now, now + FRESH_FOR, now + VALID_FOR)
             signature = self.identity.sign(consensus_signing_message(body))
             self._consensus = sign_consensus(body, [(self.identity.public, signature)])

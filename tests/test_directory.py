@@ -82,6 +82,14 @@ def good_body(**changes: object) -> dict[str, object]:
     return body
 
 
+def declared_country(raw: bytes) -> str:
+    """The country a (possibly broken) signed descriptor declares, or ""."""
+    try:
+        return verify_descriptor(raw, float("inf")).descriptor.country
+    except DirectoryError:
+        return ""
+
+
 def consensus(
     relays: list[tuple[bytes, frozenset[str]]],
     signers: list[IdentityKey],
@@ -89,7 +97,10 @@ def consensus(
     fresh_until: float = NOW + 600.0,
     valid_until: float = NOW + 3600.0,
 ) -> bytes:
-    body = build_consensus(relays, valid_after, fresh_until, valid_until)
+    # List each relay with the country it declares, as an authority without
+    # a GeoIP database does.
+    entries = [(raw, flags, declared_country(raw), False) for raw, flags in relays]
+    body = build_consensus(entries, valid_after, fresh_until, valid_until)
     message = consensus_signing_message(body)
     return sign_consensus(body, [(s.public, s.sign(message)) for s in signers])
 
@@ -310,6 +321,18 @@ def test_prop_consensus_round_trip(
     ]
 
 
+def test_consensus_lists_the_authorities_country_not_the_declared_one() -> None:
+    raw = sign_descriptor(make_descriptor(), RELAY.sign)  # declares its own
+    body = build_consensus(
+        [(raw, RUNNING_EXIT, "NL", True)], NOW - 600.0, NOW + 600.0, NOW + 3600.0
+    )
+    message = consensus_signing_message(body)
+    doc = sign_consensus(body, [(a.public, a.sign(message)) for a in AUTHORITIES[:2]])
+    (status,) = verify_consensus(doc, PINNED, NOW).relays
+    assert status.descriptor.country == "NL"
+    assert status.country_verified is True
+
+
 def relay_entry(published: float = NOW - 3600.0) -> tuple[bytes, frozenset[str]]:
     return sign_descriptor(
         make_descriptor(published=published), RELAY.sign
@@ -356,7 +379,7 @@ def test_consensus_majority_of_pinned_keys(
 
 
 def test_consensus_repeated_or_unpinned_signatures_do_not_count() -> None:
-    body = build_consensus([relay_entry()], NOW - 600.0, NOW, NOW + 600.0)
+    body = build_consensus([(*relay_entry(), "", False)], NOW - 600.0, NOW, NOW + 600.0)
     message = consensus_signing_message(body)
     first = AUTHORITIES[0]
     sig = first.sign(message)
@@ -370,7 +393,7 @@ def test_consensus_repeated_or_unpinned_signatures_do_not_count() -> None:
 
 
 def test_consensus_bad_signature_by_a_pinned_key_does_not_count() -> None:
-    body = build_consensus([relay_entry()], NOW - 600.0, NOW, NOW + 600.0)
+    body = build_consensus([(*relay_entry(), "", False)], NOW - 600.0, NOW, NOW + 600.0)
     message = consensus_signing_message(body)
     good = AUTHORITIES[0].sign(message)
     forged = AUTHORITIES[0].sign(message + b"x")
@@ -537,7 +560,7 @@ def test_prop_signed_consensus_garbage(changes: dict[str, object]) -> None:
     """Malformed bodies signed by a pinned key never escape as other errors."""
     body: dict[str, object] = {
         **GOOD_TIMES,
-        "relays": [[relay_entry()[0], ["Running"]]],
+        "relays": [[relay_entry()[0], ["Running"], "", False]],
     }
     body.update(changes)
     with contextlib.suppress(DirectoryError):

@@ -158,3 +158,20 @@ def test_client_passes_http_options_from_the_command_line(tmp_path: Path) -> Non
     off = cli.build_parser().parse_args(["demo", "--no-http"])
     assert "--no-http" in cli._client_argv(off)
     assert cli.build_parser().parse_args(["demo"]).http_port == 8118
+
+
+def test_a_malformed_geoip_file_names_its_line(tmp_path: Path) -> None:
+    geoip = tmp_path / "geoip"
+    geoip.write_text("1,2,US\n5,3,DE\n")
+    result = hopchain(
+        "authority",
+        "--data-dir",
+        str(tmp_path / "a"),
+        "--port",
+        "0",
+        "--geoip",
+        str(geoip),
+    )
+    assert result.returncode == 2
+    assert "line 2: range empty, out of order or overlaps" in result.stderr
+    assert "Traceback" not in result.stderr

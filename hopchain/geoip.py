@@ -1,0 +1,141 @@
+"""Country lookup from Tor's geoip/geoip6 files, and the country of a relay.
+
+Tor's format (Debian's tor-geoipdb package ships both files in
+/usr/share/tor/): one range per line, ``#`` starts a comment.
+
+    geoip     INTLOW,INTHIGH,CC          e.g. 16777216,16777471,AU
+    geoip6    IPV6LOW,IPV6HIGH,CC        e.g. 2001:200::,2001:200:ffff:...,JP
+
+Ranges are inclusive and sorted; ``??`` means unknown.  The tables are kept
+compact (IPv4 in ``array('I')``, IPv6 as 16-byte big-endian keys in one
+``bytes`` blob) because the full files hold about 660,000 ranges, and a
+lookup is a binary search.  This module reads no files itself: the caller
+passes the text in.  MaxMind .mmdb files are not supported yet.
+"""
+
+import ipaddress
+from array import array
+from dataclasses import dataclass, field
+
+from hopchain.errors import ConfigError
+from hopchain.exitpolicy import normalise
+
+UNKNOWN = "??"
+
+
+_CODES: dict[str, str] = {}
+
+
+def _country(code: str, where: str) -> str:
+    """A validated country code, interned (hundreds of thousands of ranges
+    share about 250 codes)."""
+    known = _CODES.get(code)
+    if known is not None:
+        return known
+    code = code.strip().upper()
+    if len(code) != 2 or not code.isascii() or not (code.isalpha() or code == UNKNOWN):
+        raise ConfigError(f"{where}: bad country code {code!r}")
+    return _CODES.setdefault(code, code)
+
+
+@dataclass
+class GeoIPDatabase:
+    """Sorted, non-overlapping address ranges with a country each."""
+
+    v4_low: array = field(default_factory=lambda: array("I"))
+    v4_high: array = field(default_factory=lambda: array("I"))
+    v4_country: list[str] = field(default_factory=list)
+    v6_low: bytes = b""
+    v6_high: bytes = b""
+    v6_country: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_tor_files(
+        cls, geoip: str | None, geoip6: str | None, *, name: str = "geoip"
+    ) -> "GeoIPDatabase":
+        """Parse the text of Tor's geoip and/or geoip6 files.
+
+        Raises:
+            ConfigError: a malformed or out-of-order line (named by number).
+        """
+        db = cls()
+        v6_low, v6_high = bytearray(), bytearray()
+        for text, version in ((geoip, 4), (geoip6, 6)):
+            last = -1
+            for number, line in enumerate((text or "").splitlines(), 1):
+                if not line or line[0] == "#" or line.isspace():
+                    continue
+                where = f"{name}{'6' if version == 6 else ''} line {number}"
+                try:
+                    low_text, high_text, code = line.strip().split(",")
+                    if version == 4:
+                        low, high = int(low_text), int(high_text)
+                    else:
+                        low = int(ipaddress.IPv6Address(low_text))
+                        high = int(ipaddress.IPv6Address(high_text))
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: not LOW,HIGH,CC") from exc
+                limit = 2**32 if version == 4 else 2**128
+                if not last < low <= high < limit:
+                    raise ConfigError(f"{where}: range empty, out of order or overlaps")
+                last = high
+                if version == 4:
+                    db.v4_low.append(low)
+                    db.v4_high.append(high)
+                    db.v4_country.append(_country(code, where))
+                else:
+                    v6_low += low.to_bytes(16, "big")
+                    v6_high += high.to_bytes(16, "big")
+                    db.v6_country.append(_country(code, where))
+        db.v6_low, db.v6_high = bytes(v6_low), bytes(v6_high)
+        return db
+
+    def __len__(self) -> int:
+        return len(self.v4_country) + len(self.v6_country)
+
+    def country(self, address: str) -> str | None:
+        """The country of an IP address, or None when no range holds it."""
+        ip = normalise(address)
+        if ip.version == 4:
+            index = _last_at_most(lambda i: self.v4_low[i], len(self.v4_low), int(ip))
+            if index >= 0 and int(ip) <= self.v4_high[index]:
+                return _known(self.v4_country[index])
+            return None
+        key = ip.packed
+        index = _last_at_most(
+            lambda i: self.v6_low[16 * i : 16 * i + 16], len(self.v6_country), key
+        )
+        if index >= 0 and key <= self.v6_high[16 * index : 16 * index + 16]:
+            return _known(self.v6_country[index])
+        return None
+
+
+def _known(code: str) -> str | None:
+    return None if code == UNKNOWN else code
+
+
+def _last_at_most(key_at, count: int, target) -> int:  # type: ignore[no-untyped-def]
+    """Index of the last range whose low key is <= target (-1 if none)."""
+    low, high = 0, count
+    while low < high:
+        middle = (low + high) // 2
+        if key_at(middle) <= target:
+            low = middle + 1
+        else:
+            high = middle
+    return low - 1
+
+
+def relay_country(
+    address: str, declared: str, db: GeoIPDatabase | None
+) -> tuple[str, bool]:
+    """The country an authority lists for a relay, and whether it was verified.
+
+    A public address is looked up in ``db`` (verified; "" when the database
+    does not know it, as the relay's own claim is not trusted then).  A
+    private or loopback address (test networks), or no database at all,
+    keeps the country the relay declared, marked as declared.
+    """
+    if db is not None and normalise(address).is_global:
+        return db.country(address) or "", True
+    return declared, False
