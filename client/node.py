@@ -1,11 +1,13 @@
 """The local client: fetches the consensus, builds circuits, serves SOCKS5 and HTTP.
 
-It keeps its state in a private data directory (mode 0700): today the
-control socket (``control.sock``) that ``hopchain doctor`` and ``hopchain
-newnym`` talk to.
+It keeps its state in a private data directory (mode 0700): the control
+socket (``control.sock``) that ``hopchain doctor`` and ``hopchain newnym``
+talk to, and the last verified consensus (``cached-consensus``, 0600), which
+it starts from when no authority answers, as long as it is still valid.
 """
 
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,24 @@ logger = logging.getLogger(__name__)
 BOOTSTRAP_RETRY: Final = 1.0
 REFRESH_INTERVAL: Final = 60.0
 CONTROL_SOCKET: Final = "control.sock"
+CONSENSUS_CACHE: Final = "cached-consensus"
+
+
+def _save_cache(path: Path, raw: bytes) -> None:
+    """Write the consensus atomically, readable by its owner only."""
+    ensure_private_dir(path.parent)
+    partial = path.with_suffix(".new")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    os.replace(partial, path)
+
+
+def _load_cache(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 @dataclass
@@ -105,8 +125,40 @@ class ClientNode:
                 problems.append(f"{authority.host}:{authority.port}: {exc}")
                 continue
             self._consensus = consensus
+            if self.config.data_dir is not None:
+                await trio.to_thread.run_sync(
+                    _save_cache, self.config.data_dir / CONSENSUS_CACHE, raw
+                )
             return consensus
+        cached = await self._from_cache(pinned, problems)
+        if cached is not None:
+            return cached
         raise DirectoryError("; ".join(problems))
+
+    async def _from_cache(
+        self, pinned: list[bytes], problems: list[str]
+    ) -> Consensus | None:
+        """The cached consensus while it is still valid (authorities down)."""
+        if self.config.data_dir is None:
+            return None
+        path = self.config.data_dir / CONSENSUS_CACHE
+        raw = await trio.to_thread.run_sync(_load_cache, path)
+        if raw is None:
+            return None
+        try:
+            consensus = verify_consensus(raw, pinned, wall_clock())
+        except DirectoryError as exc:
+            problems.append(f"cached consensus: {exc}")
+            return None
+        current = self._consensus
+        if current is None or current.valid_after < consensus.valid_after:
+            logger.warning(
+                "no authority answered; using the cached consensus (%d relays)",
+                len(consensus.relays),
+            )
+            self._consensus = consensus
+            return consensus
+        return current
 
     async def bootstrap(self) -> None:
         """Wait until a consensus with a usable path is available.

@@ -39,10 +39,15 @@ def _circuit_of_session(
         assert sock.recv(100).startswith(b"peer ")
 
         def circuits_with_streams() -> None:
+            # This user's circuits carrying a stream (other sessions may run
+            # at the same time, on their own circuits).
+            name = None if username is None else username.encode()
             seen.extend(
-                c["id"]
-                for c in manager.describe()
-                if c["streams"]  # type: ignore[misc]
+                handle.circ_id
+                for handle in manager._circuits.values()
+                if handle.streams
+                and handle.isolation is not None
+                and handle.isolation.username == name
             )
 
         trio.from_thread.run_sync(circuits_with_streams)
