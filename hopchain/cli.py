@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--port", type=_port, default=7000, help="listen port (default 7000; 0: any)"
     )
     authority.add_argument(
+        "--bad-exit",
+        action="append",
+        default=[],
+        metavar="IDENTITY",
+        help="mark the relay with this identity key (hex, 64 digits) BadExit: "
+        "clients never exit through it (repeatable)",
+    )
+    authority.add_argument(
         "--geoip",
         type=Path,
         metavar="FILE",
@@ -490,6 +498,19 @@ def _check_relay_address(address: str) -> None:
         )
 
 
+def _identities(texts: list[str]) -> frozenset[bytes]:
+    keys = set()
+    for text in texts:
+        try:
+            key = bytes.fromhex(text)
+        except ValueError:
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(f"--bad-exit {text!r} is not a 64-hex-digit identity key")
+        keys.add(key)
+    return frozenset(keys)
+
+
 def _load_geoip(v4: Path | None, v6: Path | None) -> "GeoIPDatabase | None":
     from hopchain.geoip import GeoIPDatabase
 
@@ -523,6 +544,7 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         TcpNetwork(),
         test_network=args.test_network,
         geoip=_load_geoip(args.geoip, args.geoip6),
+        bad_exits=_identities(args.bad_exit),
     )
 
     async def run() -> None:
@@ -646,7 +668,7 @@ def _exits(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
             )
             print(
                 f"  {d.nickname:<20} {d.address:<16} {d.country or '??':<3} "
-                f"{d.bandwidth / 1e6:7.1f} MB/s  ports {ports}"
+                f"{d.bandwidth / 1e6:7.1f} MB/s  ports {ports}  {d.identity.hex()}"
             )
         if choice.is_small:
             print(

@@ -39,7 +39,9 @@ MAX_CONSENSUS: Final = 4 * 1024 * 1024
 CLOCK_SKEW: Final = 60.0
 _DESCRIPTOR_PREFIX: Final = b"hopchain descriptor v1\0"
 _CONSENSUS_PREFIX: Final = b"hopchain consensus v1\0"
-FLAGS: Final = frozenset({"Running", "Valid", "Guard", "Exit", "Fast", "Stable"})
+FLAGS: Final = frozenset(
+    {"Running", "Valid", "Guard", "Exit", "BadExit", "Fast", "Stable"}
+)
 
 
 @dataclass(frozen=True, slots=True)

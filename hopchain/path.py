@@ -3,7 +3,7 @@
 Each position is drawn with probability proportional to the relay's
 bandwidth among the relays eligible for it:
 
-* exit: Running, Exit flag, its policy accepts the target port (any exit
+* exit: Running, Exit flag and not BadExit, its policy accepts the target port (any exit
   when the port is None: a RESOLVE has no port);
 * guard: Running and Guard (falling back to Running when no relay has Guard);
 * middles: Running.
@@ -94,6 +94,7 @@ def select_path(
         r
         for r in running
         if "Exit" in r.flags
+        and "BadExit" not in r.flags
         and (port is None or r.descriptor.allows_exit_to(port))
         and constraints.allows_exit_country(r.descriptor.country)
     ]
@@ -180,6 +181,7 @@ def exit_choice(consensus: Consensus, constraints: PathConstraints) -> ExitChoic
         for r in consensus.relays
         if "Running" in r.flags
         and "Exit" in r.flags
+        and "BadExit" not in r.flags
         and (constraints.port is None or r.descriptor.allows_exit_to(constraints.port))
     ]
     matching = tuple(d for d in exits if constraints.allows_exit_country(d.country))

@@ -33,6 +33,7 @@ from hopchain.relay.net import (
 
 from hopchain.crypto.keys import IdentityKey, fingerprint
 from hopchain.directory import (
+    Descriptor,
     SignedDescriptor,
     build_consensus,
     consensus_signing_message,
@@ -40,6 +41,12 @@ from hopchain.directory import (
     verify_descriptor,
 )
 from hopchain.errors import DirectoryError
+from hopchain.flags import (
+    TEST_NETWORK_THRESHOLDS,
+    Observation,
+    Thresholds,
+    assign_flags,
+)
 from hopchain.geoip import GeoIPDatabase, relay_country
 
 logger = logging.getLogger(__name__)
@@ -54,7 +61,9 @@ REQUEST_TIMEOUT: Final = 30.0
 @dataclass(frozen=True, slots=True)
 class _Listed:
     signed: SignedDescriptor
-    tested_at: float
+    tested_at: float  # last successful reachability test (trio time)
+    up_since: float  # start of the current run of successful tests
+    running: bool = True
 
 
 class AuthorityNode:
@@ -69,9 +78,13 @@ class AuthorityNode:
         *,
         test_network: bool = False,
         geoip: GeoIPDatabase | None = None,
+        bad_exits: frozenset[bytes] = frozenset(),
+        test_interval: float = 60.0,
     ) -> None:
         self.identity = identity
         self.geoip = geoip
+        self.bad_exits = bad_exits
+        self.test_interval = test_interval
         self.address = address
         self.port = port
         self.network = network
@@ -92,7 +105,44 @@ class AuthorityNode:
             self.port,
         )
         task_status.started(self.port)
-        await trio.serve_listeners(self._handle, listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._test_loop)
+            await trio.serve_listeners(self._handle, listeners)
+
+    async def _test_loop(self) -> None:
+        """Re-test every listed relay's reachability, for Running and uptime."""
+        while True:
+            await trio.sleep(self.test_interval)
+            for identity, entry in list(self._relays.items()):
+                running = await self._reachable(entry.signed.descriptor)
+                now = trio.current_time()
+                if identity not in self._relays:
+                    continue
+                if running:
+                    up_since = entry.up_since if entry.running else now
+                    self._relays[identity] = _Listed(entry.signed, now, up_since)
+                else:
+                    self._relays[identity] = _Listed(
+                        entry.signed, entry.tested_at, now, running=False
+                    )
+                if running != entry.running:
+                    logger.info(
+                        "relay %s is %s",
+                        entry.signed.descriptor.nickname,
+                        "reachable again" if running else "not reachable",
+                    )
+                    self._consensus = None
+
+    async def _reachable(self, desc: Descriptor) -> bool:
+        """Whether a link handshake with the relay succeeds now."""
+        try:
+            with trio.fail_after(REACHABILITY_TIMEOUT):
+                stream = await self.network.connect(desc.address, desc.or_port)
+                link = await initiate(stream, desc.identity, desc.onion_key)
+                await link.aclose()
+        except LINK_SETUP_ERRORS:
+            return False
+        return True
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
         async with stream:
@@ -131,17 +181,14 @@ class AuthorityNode:
         desc = signed.descriptor
         if desc.test_network and not self.test_network:
             raise DirectoryError("test-network relays are refused by this authority")
-        try:
-            with trio.fail_after(REACHABILITY_TIMEOUT):
-                stream = await self.network.connect(desc.address, desc.or_port)
-                link = await initiate(stream, desc.identity, desc.onion_key)
-                await link.aclose()
-        except LINK_SETUP_ERRORS as exc:
+        if not await self._reachable(desc):
             self._relays.pop(desc.identity, None)
             self._consensus = None
-            raise DirectoryError(f"relay not reachable at its address: {exc}") from exc
+            raise DirectoryError("relay not reachable at its address")
         previous = self._relays.get(desc.identity)
-        self._relays[desc.identity] = _Listed(signed, trio.current_time())
+        now = trio.current_time()
+        up_since = previous.up_since if previous and previous.running else now
+        self._relays[desc.identity] = _Listed(signed, now, up_since)
         if previous is None or previous.signed.raw != raw:
             self._consensus = None
         if previous is None:
@@ -168,18 +215,24 @@ class AuthorityNode:
             or now_mono - self._consensus_made > FRESH_FOR / 2
         ):
             now = wall_clock()
-            entries = []
-            for listed in sorted(
+            listed = sorted(
                 self._relays.values(), key=lambda v: v.signed.descriptor.identity
-            ):
-                desc = listed.signed.descriptor
-                flags = {"Running", "Valid", "Fast", "Stable", "Guard"}
-                if desc.exit_ports:
-                    flags.add("Exit")
+            )
+            flags = assign_flags(
+                [
+                    Observation(v.signed.descriptor, v.running, now_mono - v.up_since)
+                    for v in listed
+                ],
+                TEST_NETWORK_THRESHOLDS if self.test_network else Thresholds(),
+                self.bad_exits,
+            )
+            entries = []
+            for entry, relay_flags in zip(listed, flags, strict=True):
+                desc = entry.signed.descriptor
                 country, verified = relay_country(
                     desc.address, desc.country, self.geoip
                 )
-                entries.append((listed.signed.raw, frozenset(flags), country, verified))
+                entries.append((entry.signed.raw, relay_flags, country, verified))
             body = build_consensus(entries, now, now + FRESH_FOR, now + VALID_FOR)
             signature = self.identity.sign(consensus_signing_message(body))
             self._consensus = sign_consensus(body, [(self.identity.public, signature)])

@@ -446,7 +446,7 @@ def test_consensus_with_a_badly_signed_descriptor_is_refused() -> None:
 
 def test_consensus_unknown_flag_is_refused() -> None:
     raw, _ = relay_entry()
-    doc = consensus([(raw, frozenset({"Running", "BadExit"}))], AUTHORITIES[:2])
+    doc = consensus([(raw, frozenset({"Running", "Authority"}))], AUTHORITIES[:2])
     with pytest.raises(DirectoryError, match="flags"):
         verify_consensus(doc, PINNED, NOW)
 

@@ -216,3 +216,19 @@ async def test_fallback_circuits_are_reused_not_rebuilt_per_stream(
                 manager.release(handle, stream)
         assert manager.built == 1  # the warm-up circuit served every stream
         nursery.cancel_scope.cancel()
+
+
+async def test_bad_exits_are_never_used(testnet: LoopbackNet) -> None:
+    by_country = {r.config.country: r for r in testnet.relays}
+    testnet.authority.bad_exits = frozenset({by_country["DE"].identity.public})
+    testnet.authority._consensus = None  # the operator's change takes effect
+    with trio.fail_after(60):
+        async with connect([testnet.authority_address], test_network=True) as client:
+            for n in range(8):  # a coin flip each without BadExit
+                stream = await client.open_stream(
+                    "127.0.0.1", testnet.origin_port, isolation=str(n)
+                )
+                async with stream:
+                    await stream.send_all(b"ECHO\n")
+                    line = await stream.receive_some(100)
+                assert line == f"peer {by_country['NL'].config.address}\n".encode()
