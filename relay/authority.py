@@ -7,13 +7,14 @@ relay is reachable and that it holds the key.  The consensus lists every
 relay that passed within ``RELAY_LIFETIME`` and is re-signed whenever the set
 changes or it is half-way to its fresh-until time.
 
-Flags in this version: every listed relay is Running, Valid, Fast, Stable and
-Guard; relays with an exit policy are Exit.  Each relay is listed with a
+Flags come from what the authority measures (``hopchain.flags``): it
+re-tests every listed relay's reachability each ``test_interval`` and
+tracks its uptime; the operator marks bad exits.  Each relay is listed with a
 country: with a GeoIP database (Tor's geoip/geoip6 files), a public address's
 country from it (verified); otherwise the country the relay declares (as for
-the loopback addresses of test networks), marked as declared.  Measured
-flags (uptime and bandwidth thresholds) and multi-authority voting are
-documented as future work in docs/protocol.md.
+the loopback addresses of test networks), marked as declared.  Bandwidth
+measurement and multi-authority voting are documented as future work in
+docs/protocol.md.
 """
 
 import logging
