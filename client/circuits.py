@@ -22,7 +22,7 @@ from typing import Final
 
 import trio
 from hopchain.relay.link import LINK_SETUP_ERRORS, Link, initiate
-from hopchain.relay.net import Network
+from hopchain.relay.net import Network, wall_clock
 from hopchain.relay.stream import CircuitStream, CreditSignal
 
 from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
@@ -33,6 +33,7 @@ from hopchain.errors import (
     ProtocolError,
     StreamError,
 )
+from hopchain.guards import GuardSet
 from hopchain.isolation import IsolationKey
 from hopchain.messages import (
     Connected,
@@ -138,9 +139,13 @@ class CircuitManager:
         rng: random.Random,
         nursery: trio.Nursery,
         countries: CountryRules | None = None,
+        guards: GuardSet | None = None,
+        on_guards_changed: Callable[[GuardSet], None] | None = None,
     ) -> None:
         self._network = network
         self._countries = countries or CountryRules()
+        self.guards = guards or GuardSet()
+        self._on_guards_changed = on_guards_changed
         self._consensus = consensus
         self._hops = hops
         self._same_subnet_ok = same_subnet_ok
@@ -226,6 +231,7 @@ class CircuitManager:
             exit_countries=wanted,
             exclude_exit_countries=excluded,
             exclude_countries_anywhere=rules.exclude_anywhere,
+            guards=self.guards.preferred(wall_clock()),
         )
 
     @staticmethod
@@ -273,6 +279,16 @@ class CircuitManager:
             return select_path(self._consensus(), fallback, self._rng), True
         return path, False
 
+    def _remember_guard(self, identity: bytes) -> None:
+        """Keep the guard a circuit was just built through (see guards.py)."""
+        if self._hops < 2:
+            return  # a one-hop circuit's first hop is its exit, not a guard
+        updated = self.guards.after_use(identity, wall_clock(), self._rng)
+        if updated != self.guards:
+            self.guards = updated
+            if self._on_guards_changed is not None:
+                self._on_guards_changed(updated)
+
     async def build(
         self, port: int | None, isolation: IsolationKey | None = None
     ) -> ClientCircuitHandle:
@@ -287,6 +303,7 @@ class CircuitManager:
             try:
                 handle = await self._build_path(path)
                 handle.fallback = fallback
+                self._remember_guard(path[0].identity)
             except (
                 CircuitError,
                 ProtocolError,

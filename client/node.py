@@ -2,8 +2,9 @@
 
 It keeps its state in a private data directory (mode 0700): the control
 socket (``control.sock``) that ``hopchain doctor`` and ``hopchain newnym``
-talk to, and the last verified consensus (``cached-consensus``, 0600), which
-it starts from when no authority answers, as long as it is still valid.
+talk to, the last verified consensus (``cached-consensus``, 0600), which it
+starts from when no authority answers, as long as it is still valid, and its
+entry guards (``guards.json``, 0600; see ``hopchain.guards``).
 """
 
 import logging
@@ -26,6 +27,7 @@ from hopchain.relay.net import Network, bound_port, wall_clock
 
 from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
 from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
+from hopchain.guards import GuardSet
 from hopchain.path import CountryRules, PathConstraints, exit_choice, select_path
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ BOOTSTRAP_RETRY: Final = 1.0
 REFRESH_INTERVAL: Final = 60.0
 CONTROL_SOCKET: Final = "control.sock"
 CONSENSUS_CACHE: Final = "cached-consensus"
+GUARDS_FILE: Final = "guards.json"
 
 
 def _save_cache(path: Path, raw: bytes) -> None:
@@ -195,6 +198,21 @@ class ClientNode:
                 return
         raise DirectoryError(f"bootstrap timed out: {reason}")
 
+    def _load_guards(self) -> GuardSet:
+        """The persisted guard set (empty without a data directory).
+
+        Raises:
+            ConfigError: the guard file is malformed.
+        """
+        if self.config.data_dir is None:
+            return GuardSet()
+        raw = _load_cache(self.config.data_dir / GUARDS_FILE)
+        return GuardSet() if raw is None else GuardSet.from_json(raw.decode())
+
+    def _save_guards(self, guards: GuardSet) -> None:
+        if self.config.data_dir is not None:
+            _save_cache(self.config.data_dir / GUARDS_FILE, guards.to_json().encode())
+
     def _describe_exit_choice(self, consensus: Consensus) -> None:
         """Say what the country rules cost: how many exits, what bandwidth."""
         rules = self.config.countries
@@ -256,6 +274,8 @@ class ClientNode:
                 rng=self.rng,
                 nursery=nursery,
                 countries=self.config.countries,
+                guards=await trio.to_thread.run_sync(self._load_guards),
+                on_guards_changed=self._save_guards,
             )
             self.manager = manager
             try:

@@ -13,9 +13,13 @@ lookup is a binary search.  This module reads no files itself: the caller
 passes the text in.  MaxMind .mmdb files are not supported yet.
 """
 
+from __future__ import annotations  # array[int] is not subscriptable on 3.11
+
 import ipaddress
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from hopchain.errors import ConfigError
 from hopchain.exitpolicy import normalise
@@ -42,8 +46,8 @@ def _country(code: str, where: str) -> str:
 class GeoIPDatabase:
     """Sorted, non-overlapping address ranges with a country each."""
 
-    v4_low: array = field(default_factory=lambda: array("I"))
-    v4_high: array = field(default_factory=lambda: array("I"))
+    v4_low: array[int] = field(default_factory=lambda: array("I"))
+    v4_high: array[int] = field(default_factory=lambda: array("I"))
     v4_country: list[str] = field(default_factory=list)
     v6_low: bytes = b""
     v6_high: bytes = b""
@@ -52,7 +56,7 @@ class GeoIPDatabase:
     @classmethod
     def from_tor_files(
         cls, geoip: str | None, geoip6: str | None, *, name: str = "geoip"
-    ) -> "GeoIPDatabase":
+    ) -> GeoIPDatabase:
         """Parse the text of Tor's geoip and/or geoip6 files.
 
         Raises:
@@ -114,7 +118,10 @@ def _known(code: str) -> str | None:
     return None if code == UNKNOWN else code
 
 
-def _last_at_most(key_at, count: int, target) -> int:  # type: ignore[no-untyped-def]
+Key = TypeVar("Key", int, bytes)
+
+
+def _last_at_most(key_at: Callable[[int], Key], count: int, target: Key) -> int:
     """Index of the last range whose low key is <= target (-1 if none)."""
     low, high = 0, count
     while low < high:

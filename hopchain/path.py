@@ -5,7 +5,9 @@ bandwidth among the relays eligible for it:
 
 * exit: Running, Exit flag and not BadExit, its policy accepts the target port (any exit
   when the port is None: a RESOLVE has no port);
-* guard: Running and Guard (falling back to Running when no relay has Guard);
+* guard: the first of ``constraints.guards`` (the client's persistent guard
+  set, see ``hopchain.guards``) that is Running, Guard-flagged and compatible,
+  else Running and Guard (falling back to Running when no relay has Guard);
 * middles: Running.
 
 No relay appears twice, no two relays share a declared family, and, unless
@@ -42,6 +44,7 @@ class PathConstraints:
     exit_countries: frozenset[str] = frozenset()
     exclude_exit_countries: frozenset[str] = frozenset()
     exclude_countries_anywhere: frozenset[str] = frozenset()
+    guards: tuple[bytes, ...] = ()
 
     def allows_exit_country(self, country: str) -> bool:
         """Whether an exit in ``country`` satisfies the country constraints."""
@@ -124,7 +127,11 @@ def select_path(
         pool = free(guards)
         if not pool:
             raise PathSelectionError("no guard is compatible with the chosen exit")
-        guard = _weighted(pool, rng).descriptor
+        by_identity = {r.descriptor.identity: r for r in pool}
+        kept = next(
+            (by_identity[i] for i in constraints.guards if i in by_identity), None
+        )
+        guard = (kept or _weighted(pool, rng)).descriptor
         chosen.insert(0, guard)
         for _ in range(constraints.hops - 2):
             pool = free(running)

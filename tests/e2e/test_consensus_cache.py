@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 import trio
-from hopchain.client.node import CONSENSUS_CACHE, ClientConfig, ClientNode
+from hopchain.client.node import (
+    CONSENSUS_CACHE,
+    GUARDS_FILE,
+    ClientConfig,
+    ClientNode,
+)
 from hopchain.relay.dirclient import AuthorityAddress
 
 from hopchain.errors import DirectoryError
@@ -51,3 +56,38 @@ async def test_cached_consensus_when_authorities_are_down(
     cache.write_bytes(b"garbage")
     with trio.fail_after(30), pytest.raises(DirectoryError, match="cached consensus"):
         await client(data_dir).fetch_consensus()
+
+
+async def test_the_guard_persists_across_circuits_and_restarts(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "client"
+    with trio.fail_after(60):
+        net = await start_testnet(nursery, data_dir=data_dir)
+        manager = net.client.manager
+        assert manager is not None
+        guards = set()
+        for _ in range(6):
+            manager.newnym()
+            guards.add((await manager.build(80)).core.path[0].identity)
+    assert len(guards) == 1  # every new circuit went through the same guard
+    state = data_dir / GUARDS_FILE
+    assert state.stat().st_mode & 0o777 == 0o600
+    (guard,) = guards
+    assert guard.hex() in state.read_text()
+
+    restarted = ClientNode(
+        ClientConfig(
+            authorities=[net.authority_address],
+            socks_port=None,
+            test_network=True,
+            data_dir=data_dir,
+        ),
+        net.network,
+        random.Random(9),
+    )
+    with trio.fail_after(60):
+        await nursery.start(restarted.serve)
+        assert restarted.manager is not None
+        circuit = await restarted.manager.build(80)
+    assert circuit.core.path[0].identity == guard
