@@ -25,6 +25,7 @@ from hopchain.relay.link import LINK_SETUP_ERRORS, Link, initiate
 from hopchain.relay.net import Network, wall_clock
 from hopchain.relay.stream import CircuitStream, CreditSignal
 
+from hopchain.buildtime import BuildTimes
 from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
 from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import (
@@ -50,7 +51,6 @@ from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
 
-BUILD_TIMEOUT: Final = 30.0
 STREAM_TIMEOUT: Final = 30.0
 BUILD_ATTEMPTS: Final = 3
 
@@ -145,6 +145,7 @@ class CircuitManager:
         self._network = network
         self._countries = countries or CountryRules()
         self.guards = guards or GuardSet()
+        self.build_times = BuildTimes()
         self._on_guards_changed = on_guards_changed
         self._consensus = consensus
         self._hops = hops
@@ -315,6 +316,7 @@ class CircuitManager:
                 last = exc
                 continue
             handle.built_at = trio.current_time()
+            self.build_times.record(handle.built_at - started)
             handle.epoch = self.epoch
             self.built += 1
             logger.info(
@@ -327,7 +329,7 @@ class CircuitManager:
 
     async def _build_path(self, path: list[Descriptor]) -> ClientCircuitHandle:
         specs = [HopSpec(d.identity, d.onion_key, d.address, d.or_port) for d in path]
-        with trio.fail_after(BUILD_TIMEOUT):
+        with trio.fail_after(self.build_times.timeout):
             link = await self._link_to(path[0])
             circ_id = self._new_circ_id(link)
             core = ClientCircuit()

@@ -318,6 +318,9 @@ class ClientNode:
                 "valid_until": consensus.valid_until,
             },
             "hops": self.config.hops,
+            "build_timeout_s": None
+            if self.manager is None
+            else round(self.manager.build_times.timeout, 2),
         }
 
     async def _refresh_loop(self) -> None:
