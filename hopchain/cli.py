@@ -267,14 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a pinned directory authority (repeatable)",
     )
     exits.add_argument("--port", type=_port, help="only exits that accept this port")
-    for flag, text in (
-        ("--exit-country", "exit only in these countries"),
-        ("--exclude-country", "never exit in these countries"),
-        ("--exclude-country-anywhere", "no hop in these countries"),
-    ):
-        exits.add_argument(
-            flag, type=_countries, default=frozenset(), metavar="CC,CC", help=text
-        )
+    _add_country_options(exits)
     _add_common(exits)
 
     for name, text in (
@@ -304,29 +297,24 @@ def _countries(text: str) -> frozenset[str]:
     return codes
 
 
+COUNTRY_OPTIONS = (
+    ("--exit-country", "exit only in these countries (e.g. de,nl)"),
+    ("--exclude-country", "never exit in these countries"),
+    ("--exclude-country-anywhere", "no hop at all in these countries"),
+)
+
+
+def _add_country_options(parser: argparse.ArgumentParser) -> None:
+    """The country options shared by ``client``, ``demo`` and ``exits``."""
+    for flag, text in COUNTRY_OPTIONS:
+        parser.add_argument(
+            flag, type=_countries, default=frozenset(), metavar="CC,CC", help=text
+        )
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """Options of the client that ``hopchain demo`` hands to its client too."""
-    parser.add_argument(
-        "--exit-country",
-        type=_countries,
-        default=frozenset(),
-        metavar="CC,CC",
-        help="exit only in these countries (e.g. de,nl)",
-    )
-    parser.add_argument(
-        "--exclude-country",
-        type=_countries,
-        default=frozenset(),
-        metavar="CC,CC",
-        help="never exit in these countries",
-    )
-    parser.add_argument(
-        "--exclude-country-anywhere",
-        type=_countries,
-        default=frozenset(),
-        metavar="CC,CC",
-        help="no hop at all in these countries",
-    )
+    _add_country_options(parser)
     parser.add_argument(
         "--strict-countries",
         action="store_true",
@@ -405,11 +393,8 @@ def _client_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--http-port", str(args.http_port), "--http-host", args.http_host]
     if args.http_normalise_headers:
         argv.append("--http-normalise-headers")
-    for flag, codes in (
-        ("--exit-country", args.exit_country),
-        ("--exclude-country", args.exclude_country),
-        ("--exclude-country-anywhere", args.exclude_country_anywhere),
-    ):
+    for flag, _ in COUNTRY_OPTIONS:
+        codes = getattr(args, flag[2:].replace("-", "_"))
         if codes:
             argv += [flag, ",".join(sorted(codes))]
     if args.strict_countries:
