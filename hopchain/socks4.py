@@ -32,7 +32,13 @@ from collections.abc import Sequence
 from typing import Final
 
 from hopchain.errors import Socks4Error
-from hopchain.socks5 import Action, ConnectRequest, ResolveRequest, domain_name
+from hopchain.socks5 import (
+    Action,
+    ConnectRequest,
+    HandshakeBuffer,
+    ResolveRequest,
+    domain_name,
+)
 
 VERSION: Final = 4
 CONNECT: Final = 0x01
@@ -62,7 +68,7 @@ def encode_resolved_reply(answers: Sequence[str]) -> bytes:
     return encode_reply(REJECTED)
 
 
-class Socks4Server:
+class Socks4Server(HandshakeBuffer):
     """Incremental SOCKS4/4a request parser (see the module docstring)."""
 
     def __init__(self, required_credentials: tuple[bytes, bytes] | None = None) -> None:
@@ -72,19 +78,9 @@ class Socks4Server:
             required_credentials: as for ``Socks5Server``; when set, every
                 SOCKS4 request is refused (it cannot carry a password).
         """
-        self._buffer = bytearray()
+        super().__init__()
         self._required = required_credentials
         self._done = False
-
-    def receive_data(self, data: bytes | bytearray) -> None:
-        """Add bytes from the app."""
-        self._buffer += data
-
-    def take_remaining(self) -> bytes:
-        """Bytes the app sent after its request (early data), once."""
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
 
     def next_action(self) -> Action | None:
         """The next step, or None when more bytes are needed.

@@ -152,22 +152,11 @@ class _State(enum.Enum):
     DONE = "done"
 
 
-class Socks5Server:
-    """Incremental SOCKS5 server handshake (see the module docstring)."""
+class HandshakeBuffer:
+    """The byte buffer every SOCKS handshake parser reads from."""
 
-    def __init__(self, required_credentials: tuple[bytes, bytes] | None = None) -> None:
-        """Start a handshake.
-
-        Args:
-            required_credentials: (username, password) every app must give;
-                None accepts no authentication and any credentials (which
-                then only select stream isolation, as in Tor).
-        """
+    def __init__(self) -> None:
         self._buffer = bytearray()
-        self._state = _State.GREETING
-        self._required = required_credentials
-        self._username: bytes | None = None
-        self._password: bytes | None = None
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Add bytes from the app."""
@@ -178,6 +167,24 @@ class Socks5Server:
         rest = bytes(self._buffer)
         self._buffer.clear()
         return rest
+
+
+class Socks5Server(HandshakeBuffer):
+    """Incremental SOCKS5 server handshake (see the module docstring)."""
+
+    def __init__(self, required_credentials: tuple[bytes, bytes] | None = None) -> None:
+        """Start a handshake.
+
+        Args:
+            required_credentials: (username, password) every app must give;
+                None accepts no authentication and any credentials (which
+                then only select stream isolation, as in Tor).
+        """
+        super().__init__()
+        self._state = _State.GREETING
+        self._required = required_credentials
+        self._username: bytes | None = None
+        self._password: bytes | None = None
 
     def next_action(self) -> Action | None:
         """The next step, or None when more bytes are needed.
