@@ -30,6 +30,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
+import trio.testing
 from hopchain.client.http import HttpOptions
 
 from hopchain.scrub import COMMON_USER_AGENT, ScrubOptions
@@ -663,7 +664,8 @@ async def test_pending_connections_are_capped(nursery: trio.Nursery) -> None:
         holder = await trio.open_tcp_stream("127.0.0.1", net.proxy_port)
         async with holder:
             await holder.send_all(b"GET http://127.0.0.1/ HTTP/1.1\r\n")  # unfinished
-            await trio.sleep(0.2)
+            # The proxy's task for it is now waiting for the rest of the head.
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
             refused = await _raw(net.proxy_port, b"GET / HTTP/1.1\r\n\r\n")
     assert refused == b""
     assert net.net.client.stats.limits_hit["http pending connections"] == 1
