@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_exit_ports,
         default=((1, 65535),),
         metavar="PORTS",
-        help="ports an exit accepts, e.g. 80,443,8000-8999 (default: all)",
+        help="ports an exit accepts, e.g. 80,443,8000-8999 (default: all); "
+        "clients use an exit only if it accepts two of 80, 443, 6667",
     )
     relay.add_argument(
         "--test-network",

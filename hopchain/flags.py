@@ -11,7 +11,9 @@ network and simulations can call it.  The thresholds follow Tor's spirit
 * Stable: up (reachable without interruption) for ``stable_uptime`` (1 h);
 * Guard: Fast, Stable, up for ``guard_uptime`` (1 day), and bandwidth at
   least the median of the Fast relays;
-* Exit: its exit ports include both 80 and 443;
+* Exit: its exit ports include at least two of 80, 443 and 6667 (Tor's
+  rule); clients only exit through Exit-flagged relays, so an exit for other
+  ports alone is listed but not used;
 * BadExit: the authority's operator marked it (its fingerprint is listed).
 
 A declared test network uses ``TEST_NETWORK_THRESHOLDS`` (no waiting, as
@@ -23,6 +25,8 @@ import statistics
 from dataclasses import dataclass
 
 from hopchain.directory import Descriptor
+
+EXIT_PORTS = (80, 443, 6667)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +87,9 @@ def assign_flags(
             and desc.bandwidth >= guard_bandwidth
         ):
             flags.add("Guard")
-        if desc.allows_exit_to(80) and desc.allows_exit_to(443):
+        if sum(desc.allows_exit_to(p) for p in EXIT_PORTS) >= 2:
             flags.add("Exit")
-            if desc.identity in bad_exits:
-                flags.add("BadExit")
+        if desc.exit_ports and desc.identity in bad_exits:
+            flags.add("BadExit")
         result.append(frozenset(flags))
     return result

@@ -3,7 +3,7 @@
 Each position is drawn with probability proportional to the relay's
 bandwidth among the relays eligible for it:
 
-* exit: Running, Exit flag and not BadExit, its policy accepts the target port (any exit
+* exit: Running, Exit flag, not BadExit, its policy accepts the target port (any exit
   when the port is None: a RESOLVE has no port);
 * guard: the first of ``constraints.guards`` (the client's persistent guard
   set, see ``hopchain.guards``) that is Running, Guard-flagged and compatible,
@@ -70,6 +70,14 @@ def _conflicts(a: Descriptor, b: Descriptor, same_subnet_ok: bool) -> bool:
     return not same_subnet_ok and _subnet(a.address) == _subnet(b.address)
 
 
+def _usable_exit(status: RouterStatus, port: int | None) -> bool:
+    """Exit flag, not BadExit, and the policy accepts ``port`` (``None``:
+    any exit will do)."""
+    if "Exit" not in status.flags or "BadExit" in status.flags:
+        return False
+    return port is None or status.descriptor.allows_exit_to(port)
+
+
 def _weighted(candidates: Sequence[RouterStatus], rng: random.Random) -> RouterStatus:
     weights = [max(1, r.descriptor.bandwidth) for r in candidates]
     return rng.choices(candidates, weights=weights, k=1)[0]
@@ -96,9 +104,7 @@ def select_path(
     exits = [
         r
         for r in running
-        if "Exit" in r.flags
-        and "BadExit" not in r.flags
-        and (port is None or r.descriptor.allows_exit_to(port))
+        if _usable_exit(r, port)
         and constraints.allows_exit_country(r.descriptor.country)
     ]
     if not exits:
@@ -186,10 +192,7 @@ def exit_choice(consensus: Consensus, constraints: PathConstraints) -> ExitChoic
     exits = [
         r.descriptor
         for r in consensus.relays
-        if "Running" in r.flags
-        and "Exit" in r.flags
-        and "BadExit" not in r.flags
-        and (constraints.port is None or r.descriptor.allows_exit_to(constraints.port))
+        if "Running" in r.flags and _usable_exit(r, constraints.port)
     ]
     matching = tuple(d for d in exits if constraints.allows_exit_country(d.country))
     total = sum(max(1, d.bandwidth) for d in exits)
