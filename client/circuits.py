@@ -23,7 +23,7 @@ from typing import Final
 import trio
 from hopchain.relay.link import LINK_SETUP_ERRORS, Link, initiate
 from hopchain.relay.net import Network, wall_clock
-from hopchain.relay.stream import CircuitStream, CreditSignal
+from hopchain.relay.stream import CircuitStream, CreditSignal, forget_if_ended
 
 from hopchain.buildtime import BuildTimes
 from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
@@ -95,8 +95,7 @@ class ClientCircuitHandle:
 
     def forget_if_ended(self, stream_id: int) -> None:
         """Drop a stream once the core has forgotten it (both ENDs)."""
-        if self.core.streams.get(stream_id) is None:
-            self.streams.pop(stream_id, None)
+        forget_if_ended(self.streams, self.core.streams, stream_id)
 
     @property
     def exit_label(self) -> str:
@@ -198,6 +197,7 @@ class CircuitManager:
     ) -> ClientCircuitHandle | None:
         now = trio.current_time()
         self._retire_idle(now)
+        constraints = self._constraints(port, isolation)
         for handle in sorted(self._circuits.values(), key=lambda h: -h.built_at):
             if (
                 handle.is_open
@@ -205,7 +205,7 @@ class CircuitManager:
                 and (port is None or handle.exit.allows_exit_to(port))
                 and handle.isolation in (None, isolation)
                 and handle.epoch == self.epoch
-                and self._exit_fits(handle, port, isolation)
+                and self._exit_fits(handle, constraints, isolation)
             ):
                 return handle
         return None
@@ -245,13 +245,13 @@ class CircuitManager:
     def _exit_fits(
         self,
         handle: ClientCircuitHandle,
-        port: int | None,
+        constraints: PathConstraints,
         isolation: IsolationKey | None,
     ) -> bool:
         """Whether the circuit's exit satisfies the stream's country rules; a
         circuit built by the logged fallback serves streams that would fall
         back too, so the fallback does not build a circuit per stream."""
-        if self._constraints(port, isolation).allows_exit_country(handle.exit.country):
+        if constraints.allows_exit_country(handle.exit.country):
             return True
         return handle.fallback and not self._own_countries(isolation)
 
@@ -280,15 +280,19 @@ class CircuitManager:
             return select_path(self._consensus(), fallback, self._rng), True
         return path, False
 
-    def _remember_guard(self, identity: bytes) -> None:
+    async def _remember_guard(self, identity: bytes) -> None:
         """Keep the guard a circuit was just built through (see guards.py)."""
         if self._hops < 2:
             return  # a one-hop circuit's first hop is its exit, not a guard
         updated = self.guards.after_use(identity, wall_clock(), self._rng)
-        if updated != self.guards:
-            self.guards = updated
-            if self._on_guards_changed is not None:
-                self._on_guards_changed(updated)
+        if updated == self.guards:
+            return
+        self.guards = updated
+        if self._on_guards_changed is not None:
+            try:
+                await trio.to_thread.run_sync(self._on_guards_changed, updated)
+            except OSError as exc:
+                logger.warning("could not save the guard set: %s", exc)
 
     async def build(
         self, port: int | None, isolation: IsolationKey | None = None
@@ -303,8 +307,6 @@ class CircuitManager:
             started = trio.current_time()
             try:
                 handle = await self._build_path(path)
-                handle.fallback = fallback
-                self._remember_guard(path[0].identity)
             except (
                 CircuitError,
                 ProtocolError,
@@ -316,7 +318,9 @@ class CircuitManager:
                 last = exc
                 continue
             handle.built_at = trio.current_time()
+            handle.fallback = fallback
             self.build_times.record(handle.built_at - started)
+            await self._remember_guard(path[0].identity)
             handle.epoch = self.epoch
             self.built += 1
             logger.info(
@@ -408,7 +412,7 @@ class CircuitManager:
         return out
 
     def close_all(self) -> None:
-        """Destroy every circuit (used by tests and on shutdown)."""
+        """Destroy every circuit (bench/circuit_build.py cleans up with it)."""
         for handle in list(self._circuits.values()):
             self._destroy(handle)
 
@@ -528,14 +532,10 @@ class CircuitManager:
                     raise StreamError(
                         f"exit ended the stream: {result.reason.name}", result.reason
                     )
+                # The circuit closed before CONNECTED: try once more on a new one.
                 if attempt == 0:
-                    logger.info(
-                        "circuit closed before connected; retrying on a new one"
-                    )
-                    continue
-                raise StreamError(
-                    "circuit closed before connected", EndReason.DESTROYED
-                )
+                    logger.info("circuit closed before connected; retrying")
+                continue
             handle.streams.pop(sid, None)
             handle.waiting.pop(sid, None)
             handle.send(handle.core.end_stream(sid, EndReason.TIMEOUT))

@@ -17,7 +17,11 @@ def report(status: dict[str, Any]) -> str:
         lines.append(
             f"Directory: {consensus['relays']} relays, {consensus['exits']} exits."
         )
-    lines.append(f"Circuits: {len(circuits)} open.")
+    timeout = status.get("build_timeout_s")
+    learned = "" if timeout is None else f" Build timeout {timeout:.0f} s (learned)."
+    lines.append(
+        f"Circuits: {len(circuits)} open, {status.get('hops', 3)} hops.{learned}"
+    )
     lines.extend(
         f"  circuit {c['id']:08x}: {c['hops']} hops, exit {c['exit']}, "
         f"{_plural(c['streams'], 'stream')}, {c['age_s']:.0f} s old"

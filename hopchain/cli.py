@@ -508,7 +508,7 @@ def _load_geoip(v4: Path | None, v6: Path | None) -> "GeoIPDatabase | None":
             texts.append(None if path is None else path.read_text(encoding="ascii"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read GeoIP file {path}: {exc}") from exc
-    db = GeoIPDatabase.from_tor_files(texts[0], texts[1], name=str(v4 or v6))
+    db = GeoIPDatabase.from_tor_files(texts[0], texts[1], names=(str(v4), str(v6)))
     logger.info("GeoIP: %d address ranges", len(db))
     return db
 

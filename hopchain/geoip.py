@@ -55,7 +55,11 @@ class GeoIPDatabase:
 
     @classmethod
     def from_tor_files(
-        cls, geoip: str | None, geoip6: str | None, *, name: str = "geoip"
+        cls,
+        geoip: str | None,
+        geoip6: str | None,
+        *,
+        names: tuple[str, str] = ("geoip", "geoip6"),
     ) -> GeoIPDatabase:
         """Parse the text of Tor's geoip and/or geoip6 files.
 
@@ -69,7 +73,7 @@ class GeoIPDatabase:
             for number, line in enumerate((text or "").splitlines(), 1):
                 if not line or line[0] == "#" or line.isspace():
                     continue
-                where = f"{name}{'6' if version == 6 else ''} line {number}"
+                where = f"{names[version == 6]} line {number}"
                 try:
                     low_text, high_text, code = line.strip().split(",")
                     if version == 4:

@@ -38,7 +38,6 @@ SMALL_BODY: Final = 1024
 LARGE_BODY: Final = 32768
 SMALL_PAYLOAD: Final = SMALL_BODY - STACK_BYTES
 LARGE_PAYLOAD: Final = LARGE_BODY - STACK_BYTES
-BODY_SIZES: Final = frozenset({SMALL_BODY, LARGE_BODY})
 HEADER: Final = struct.Struct(">BHH")
 MAX_DATA: Final = LARGE_PAYLOAD - HEADER.size
 MAX_HOSTNAME: Final = 255
@@ -255,10 +254,10 @@ def _host(value: object) -> str:
     return value
 
 
-def _port(value: object, *, allow_zero: bool = False) -> int:
+def _port(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MessageError("port must be an integer")
-    if not (0 if allow_zero else 1) <= value <= 65535:
+    if not 1 <= value <= 65535:
         raise MessageError(f"port out of range: {value}")
     return value
 

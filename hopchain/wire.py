@@ -153,9 +153,7 @@ class RecordOpener:
             if len(buf) < RECORD_HEADER_BYTES:
                 return None
             try:
-                raw = aead_open(
-                    self._key, self._count, bytes(buf[:RECORD_HEADER_BYTES]), None
-                )
+                raw = aead_open(self._key, self._count, buf[:RECORD_HEADER_BYTES], None)
             except CellAuthError as exc:
                 raise LinkError("record header does not authenticate") from exc
             (length,) = _LEN.unpack(raw)
@@ -167,7 +165,7 @@ class RecordOpener:
         if len(buf) < need:
             return None
         try:
-            body = aead_open(self._key, self._count + 1, bytes(buf[:need]), None)
+            body = aead_open(self._key, self._count + 1, buf[:need], None)
         except CellAuthError as exc:
             raise LinkError("record body does not authenticate") from exc
         del buf[:need]

@@ -26,7 +26,7 @@ from hopchain.relay.link import (
 )
 from hopchain.relay.net import Network, bound_port, wall_clock
 from hopchain.relay.pump import splice
-from hopchain.relay.stream import CircuitStream, CreditSignal
+from hopchain.relay.stream import CircuitStream, CreditSignal, forget_if_ended
 
 from hopchain import exitpolicy
 from hopchain.crypto import handshake
@@ -368,7 +368,7 @@ class RelayNode:
                 if stream is None:
                     raise ProtocolError("data before connected")
                 stream.deliver(data)
-                _forget_if_ended(circuit.streams, circuit.core, sid)
+                forget_if_ended(circuit.streams, circuit.core.streams, sid)
             case End(stream_id=sid, reason=reason):
                 lookup = circuit.resolving.pop(sid, None)
                 if lookup is not None:
@@ -380,7 +380,7 @@ class RelayNode:
                         stream.remote_end()
                     else:
                         stream.abort()
-                    _forget_if_ended(circuit.streams, circuit.core, sid)
+                    forget_if_ended(circuit.streams, circuit.core.streams, sid)
                 scope = circuit.connecting.get(sid)
                 if scope is not None and reason != EndReason.DONE:
                     scope.cancel()
@@ -486,7 +486,7 @@ class RelayNode:
         finally:
             # A closed stream stays registered until the client's END too, so
             # its late data is credited and reset rather than unexpected.
-            _forget_if_ended(circuit.streams, circuit.core, sid)
+            forget_if_ended(circuit.streams, circuit.core.streams, sid)
 
     async def _exit_resolve(self, circuit: _Circuit, message: Resolve) -> None:
         sid = message.stream_id
@@ -559,16 +559,9 @@ class RelayNode:
         return name
 
     def _may_reveal(self, address: str) -> bool:
-        """Whether a RESOLVE may answer with (or look up) this address."""
-        try:
-            return exitpolicy.destination_allowed(
-                address,
-                0,
-                test_network=self.config.test_network,
-                own_addresses=[self.config.address],
-            )
-        except ValueError:
-            return False
+        """Whether a RESOLVE may answer with (or look up) this address: the
+        same rule as for extensions."""
+        return self._may_extend_to(address, 0)
 
     async def connect_to_destination(
         self, host: str, port: int
@@ -619,14 +612,6 @@ class RelayNode:
         except trio.TooSlowError as exc:
             raise StreamError("connect timed out", EndReason.TIMEOUT) from exc
         raise StreamError("connect failed", _reason_for(last))
-
-
-def _forget_if_ended(
-    streams: dict[int, CircuitStream], core: RelayCircuit, stream_id: int
-) -> None:
-    """Drop the shell's stream once the core has forgotten it (both ENDs)."""
-    if core.streams.get(stream_id) is None:
-        streams.pop(stream_id, None)
 
 
 def _reason_for(exc: OSError | None) -> EndReason:

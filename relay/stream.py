@@ -21,7 +21,20 @@ from typing import Protocol
 
 import trio
 
+from hopchain.flow import StreamTable
 from hopchain.messages import EndReason
+
+
+def forget_if_ended(
+    streams: dict[int, "CircuitStream"], table: StreamTable, stream_id: int
+) -> None:
+    """Drop a shell's stream once the core's table has forgotten it.
+
+    A closed stream stays registered until the far end's END has arrived
+    too, so its late data is credited and reset rather than unexpected.
+    """
+    if table.get(stream_id) is None:
+        streams.pop(stream_id, None)
 
 
 class CircuitEnd(Protocol):
@@ -238,8 +251,3 @@ class CircuitStream(trio.abc.HalfCloseableStream):
             self._readable.set()
             self._credit.fire()
         await trio.lowlevel.checkpoint()
-
-    @property
-    def broken(self) -> bool:
-        """Whether the stream or its circuit was destroyed."""
-        return self._broken

@@ -98,3 +98,10 @@ def test_debians_tor_geoip_file_loads() -> None:
     assert len(db) > 100_000
     assert db.country("127.0.0.1") is None
     assert db.country("8.8.8.8") is not None  # the file's own data, not ours
+
+
+def test_errors_name_the_file_they_are_in() -> None:
+    with pytest.raises(ConfigError, match=r"^/etc/v6file line 2: "):
+        GeoIPDatabase.from_tor_files(
+            "1,2,US\n", "::1,::2,US\nnot a line\n", names=("/etc/v4file", "/etc/v6file")
+        )
