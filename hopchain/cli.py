@@ -286,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
             "hopchain demo prints its own)",
         )
         _add_common(command)
+
+    from hopchain.simulations.cli import add_sim_parser
+
+    add_sim_parser(sub)
     return parser
 
 
@@ -759,7 +763,12 @@ def main(argv: list[str] | None = None) -> None:
     import trio
 
     try:
-        trio.run(_until_signalled, _COMMANDS[args.command](args))
+        if args.command == "sim":
+            from hopchain.simulations.cli import run as run_study
+
+            run_study(args)
+        else:
+            trio.run(_until_signalled, _COMMANDS[args.command](args))
     except BaseException as exc:
         error = _user_error(exc)
         if error is None:
