@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run a relay: create or load its keys in --data-dir, register with the "
             "authorities, accept links and extend circuits; with --exit, also "
-            "connect to destinations. Prints 'ready' on stdout once published."
+            "connect to destinations. Prints 'ready' on stdout once published. "
+            "'hopchain relay status' summarises a running relay (see its --help)."
         ),
     )
     relay.add_argument(
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds between descriptor uploads",
     )
+    _add_metrics_options(relay)
     _add_common(relay)
 
     client = sub.add_parser(
@@ -383,6 +385,30 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
+    """The relay's Prometheus endpoint (hopchain.relay.metrics)."""
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics, which "
+        "'hopchain relay status' reads (default: off; 9052 is what status "
+        "tries first; 0: any port)",
+    )
+    metrics.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="metrics listen address (default 127.0.0.1; anything but loopback "
+        "needs --metrics-allow-public)",
+    )
+    metrics.add_argument(
+        "--metrics-allow-public",
+        action="store_true",
+        help="allow a non-loopback --metrics-address: metrics show when and "
+        "how much the relay carries, so keep them behind a firewall",
+    )
+
+
 def _client_argv(args: argparse.Namespace) -> list[str]:
     """The client options in ``args`` as command-line words (for the demo)."""
     argv = ["--hops", str(args.hops), "--max-pending", str(args.max_pending)]
@@ -552,6 +578,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     from hopchain.crypto.keys import IdentityKey, OnionKey
     from hopchain.relay.dirclient import AuthorityAddress
     from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
+    from hopchain.relay.metrics import check_metrics_address
     from hopchain.relay.net import TcpNetwork
     from hopchain.relay.node import RelayConfig, RelayNode
 
@@ -561,6 +588,10 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     if args.country and (len(args.country) != 2 or not args.country.isalpha()):
         raise ConfigError("--country must be a two-letter code")
     authorities = [AuthorityAddress.parse(a) for a in args.authority]
+    if args.metrics_port is not None:
+        check_metrics_address(
+            args.metrics_address, allow_public=args.metrics_allow_public
+        )
     ensure_private_dir(args.data_dir)
     identity = IdentityKey(load_or_create_secret(args.data_dir / "identity.key"))
     onion = OnionKey(load_or_create_secret(args.data_dir / "onion.key"))
@@ -575,6 +606,9 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         bandwidth=args.bandwidth,
         country=args.country.upper(),
         publish_interval=args.publish_interval,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        metrics_allow_public=args.metrics_allow_public,
     )
     node = RelayNode(config, identity, onion, TcpNetwork())
 
@@ -710,9 +744,16 @@ def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     return lambda: run_demo(options)
 
 
+def _relay_status(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.relay.status import command
+
+    return command(args)
+
+
 _COMMANDS = {
     "authority": _authority,
     "relay": _relay,
+    "relay status": _relay_status,
     "client": _client,
     "demo": _demo,
     "exits": _exits,
@@ -758,7 +799,13 @@ def _user_error(exc: BaseException) -> BaseException | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and run the chosen role until it is stopped."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["relay", "status"]:  # not a relay option set: its own parser
+        from hopchain.relay.status import build_parser as build_status_parser
+
+        args = build_status_parser().parse_args(argv[2:])
+    else:
+        args = build_parser().parse_args(argv)
     _configure_logging(args.log_level)
     import trio
 

@@ -22,6 +22,7 @@ from typing import Final
 
 import trio
 from hopchain.relay.net import RECEIVE_CHUNK, BufferedReader
+from hopchain.relay.stats import SIZE_CLASS, Traffic
 
 from hopchain.crypto import handshake, kdf
 from hopchain.crypto.keys import IdentityKey, OnionKey
@@ -76,6 +77,12 @@ class Link:
         self._queue: deque[tuple[int, int, bytes]] = deque()
         self._queued: dict[int, int] = {}
         self._wakeup = trio.Event()
+        self.traffic = Traffic()
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes of cell bodies waiting in the send queue."""
+        return sum(self._queued.values())
 
     def send(self, circ_id: int, command: CellCommand, body: bytes) -> bool:
         """Queue one cell; False if the circuit's queue share is full."""
@@ -102,6 +109,7 @@ class Link:
                 size = 0
                 while queue and size < BATCH_BYTES:
                     circ_id, body_len, cell = queue.popleft()
+                    self.traffic.cells_sent[SIZE_CLASS.get(body_len, "other")] += 1
                     batch.append(cell)
                     size += len(cell)
                     left = queued.get(circ_id, 0) - body_len
@@ -109,7 +117,9 @@ class Link:
                         queued[circ_id] = left
                     else:
                         queued.pop(circ_id, None)
-                await self.stream.send_all(self._sealer.seal(b"".join(batch)))
+                record = self._sealer.seal(b"".join(batch))
+                await self.stream.send_all(record)
+                self.traffic.bytes_sent += len(record)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True
 
@@ -129,6 +139,7 @@ class Link:
                 return
             if not data:
                 return
+            self.traffic.bytes_received += len(data)
             opener.feed(data)
             if opener.buffered > MAX_RECORD + 2 * RECEIVE_CHUNK:
                 raise LinkError("peer sends faster than records complete")
@@ -145,6 +156,8 @@ class Link:
                 try:
                     async for cells in self.receive_cells():
                         for cell in cells:
+                            size = SIZE_CLASS.get(len(cell.body), "other")
+                            self.traffic.cells_received[size] += 1
                             on_cell(cell)
                 except ProtocolError as exc:
                     logger.warning("closing a link: %s", exc)

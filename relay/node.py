@@ -24,8 +24,10 @@ from hopchain.relay.link import (
     initiate,
     respond,
 )
+from hopchain.relay.metrics import RelayCollector, serve_metrics
 from hopchain.relay.net import Network, bound_port, wall_clock
 from hopchain.relay.pump import splice
+from hopchain.relay.stats import CountingStream, RelayStats
 from hopchain.relay.stream import CircuitStream, CreditSignal, forget_if_ended
 
 from hopchain import exitpolicy
@@ -78,6 +80,9 @@ class RelayConfig:
     bandwidth: int = 10_000_000
     country: str = ""
     publish_interval: float = 600.0
+    metrics_port: int | None = None  # None: no metrics endpoint
+    metrics_address: str = "127.0.0.1"
+    metrics_allow_public: bool = False
 
 
 @dataclass(eq=False)
@@ -118,6 +123,10 @@ class RelayNode:
         self._link_locks: dict[bytes, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self.published = trio.Event()
+        self._links: set[Link] = set()
+        self.stats = RelayStats()
+        self.stats.queued_bytes = lambda: sum(ln.queued_bytes for ln in self._links)
+        self.metrics_port: int | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -134,8 +143,20 @@ class RelayNode:
             self.port,
             " as an exit" if self.config.exit else "",
         )
+        self.stats.started = wall_clock()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self.config.metrics_port is not None:
+                self.metrics_port = await nursery.start(
+                    partial(
+                        serve_metrics,
+                        self.network,
+                        RelayCollector(self.stats, self.config.nickname),
+                        self.config.metrics_address,
+                        self.config.metrics_port,
+                        allow_public=self.config.metrics_allow_public,
+                    )
+                )
             nursery.start_soon(trio.serve_listeners, self._accept, listeners)
             if self.config.authorities:
                 nursery.start_soon(self._publish_loop)
@@ -187,14 +208,21 @@ class RelayNode:
             link = await respond(stream, self.identity, self.onion_keys)
         except LINK_SETUP_ERRORS as exc:
             logger.debug("inbound link handshake failed: %s", exc)
+            self.stats.handshake_failure("link", exc)
             await stream.aclose()
             return
         await self._run_link(link, inbound=True)
 
     async def _run_link(self, link: Link, *, inbound: bool) -> None:
+        direction = "inbound" if inbound else "outbound"
+        link.traffic = self.stats.traffic
+        self._links.add(link)
+        self.stats.links_opened[direction] += 1
         try:
             await link.serve(partial(self._handle_cell, link, inbound=inbound))
         finally:
+            self._links.discard(link)
+            self.stats.links_closed[direction] += 1
             for key, circuit in list(self._by_prev.items()) + list(
                 self._by_next.items()
             ):
@@ -258,6 +286,7 @@ class RelayNode:
             try:
                 check_authenticate(link, cell.body)
             except HandshakeError as exc:
+                self.stats.handshake_failure("authenticate", exc)
                 raise LinkError(str(exc)) from exc
 
     def _create(self, link: Link, cell: Cell) -> None:
@@ -271,12 +300,14 @@ class RelayNode:
             )
         except HandshakeError as exc:
             logger.warning("refusing a create: %s", exc)
+            self.stats.handshake_failure("circuit", exc)
             link.send(cell.circ_id, CellCommand.DESTROY, bytes([EndReason.PROTOCOL]))
             return
         core = RelayCircuit(
             HopKeys.from_prk(prk), self.identity.public, link.peer_identity
         )
         self._by_prev[(link, cell.circ_id)] = _Circuit(core, link, cell.circ_id)
+        self.stats.circuits_created += 1
         link.send(cell.circ_id, CellCommand.CREATED, reply)
 
     def _forward(self, circuit: _Circuit, cell: Cell) -> None:
@@ -287,6 +318,7 @@ class RelayNode:
             if isinstance(result, Forward):
                 assert circuit.next is not None
                 if not circuit.next.send(circuit.next_id, cell.command, result.body):
+                    self.stats.queue_refused(circuit.next)
                     raise ProtocolError(_QUEUE_REFUSED)
             elif isinstance(result, Deliver):
                 self._deliver(circuit, result.message)
@@ -306,6 +338,7 @@ class RelayNode:
     def _send_back(self, circuit: _Circuit, bodies: list[bytes]) -> None:
         for body in bodies:
             if not circuit.prev.send(circuit.prev_id, CellCommand.RELAY, body):
+                self.stats.queue_refused(circuit.prev)
                 raise ProtocolError(_QUEUE_REFUSED)
 
     def _sender(self, circuit: _Circuit) -> Callable[[list[bytes]], None]:
@@ -324,6 +357,7 @@ class RelayNode:
         if circuit.closed:
             return
         circuit.closed = True
+        self.stats.circuits_closed += 1
         self._by_prev.pop((circuit.prev, circuit.prev_id), None)
         destroy = bytes([EndReason.DESTROYED])
         if circuit.prev is not notify_source:
@@ -477,13 +511,15 @@ class RelayNode:
             return
         stream = CircuitStream(sid, circuit.core, send, circuit.credit)
         circuit.streams[sid] = stream
+        self.stats.streams_opened += 1
         send([circuit.core.originate(Connected(sid, address))])
         if sid in circuit.half_closed:
             circuit.half_closed.discard(sid)
             stream.remote_end()
         try:
-            await splice(socket, stream)
+            await splice(CountingStream(socket, self.stats), stream)
         finally:
+            self.stats.streams_closed += 1
             # A closed stream stays registered until the client's END too, so
             # its late data is credited and reset rather than unexpected.
             forget_if_ended(circuit.streams, circuit.core.streams, sid)

@@ -145,9 +145,14 @@ class LoopbackNet:
         )
 
 
-async def start_testnet(nursery: trio.Nursery, **client_options: Any) -> LoopbackNet:
+async def start_testnet(
+    nursery: trio.Nursery,
+    relay_options: dict[str, Any] | None = None,
+    **client_options: Any,
+) -> LoopbackNet:
     """Start authority, relays, origin and client; return when SOCKS is up.
 
+    ``relay_options`` are extra ``RelayConfig`` fields for every relay;
     ``client_options`` are extra ``ClientConfig`` fields (socks, data_dir...).
     """
     network = LoopbackOnlyNetwork()
@@ -165,6 +170,7 @@ async def start_testnet(nursery: trio.Nursery, **client_options: Any) -> Loopbac
             exit=i >= RELAYS - EXITS,
             test_network=True,
             country=COUNTRIES[i],
+            **(relay_options or {}),
         )
         node = RelayNode(
             config, IdentityKey(seed(f"id{i}")), OnionKey(seed(f"onion{i}")), network

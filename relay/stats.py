@@ -1,0 +1,126 @@
+"""Counters a relay keeps about itself, for its metrics (counts only).
+
+The relay's code bumps these plain integers where things happen (one line
+per event); ``hopchain.relay.metrics`` reads them when the metrics endpoint
+is scraped, so the hot path never touches the Prometheus library.  Nothing
+here holds an address, a destination or a key: counts by fixed labels only.
+
+``Traffic`` counts what links carry after their handshake.  Every link
+starts with its own; the relay hands all of its links one shared
+``RelayStats.traffic`` when it starts serving them.
+"""
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+import trio
+
+from hopchain.errors import HandshakeError
+from hopchain.messages import LARGE_BODY, SMALL_BODY
+
+# Cell size classes (protocol.md): relay cells are SMALL_BODY or LARGE_BODY
+# bytes; CREATE, CREATED, DESTROY and AUTHENTICATE are "other".
+SIZE_CLASS: Final = {SMALL_BODY: "small", LARGE_BODY: "large"}
+SIZE_CLASSES: Final = ("small", "large", "other")
+
+# Which handshake failed, and why (``handshake_failure``): a fixed label set.
+HANDSHAKES: Final = {
+    "link": ("timeout", "closed", "invalid", "network"),
+    "circuit": ("invalid",),
+    "authenticate": ("invalid",),
+}
+# Limits the relay itself enforces today; resource-limit code adds its kinds.
+CIRCUIT_QUEUE_LIMIT: Final = "circuit_queue"
+
+
+class _Closable(Protocol):
+    closed: bool
+
+
+@dataclass
+class Traffic:
+    """Bytes (records on the wire) and cells (by size class) of links."""
+
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    cells_received: Counter[str] = field(default_factory=Counter)
+    cells_sent: Counter[str] = field(default_factory=Counter)
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """The ``reason`` label for a failed link handshake."""
+    if isinstance(exc, trio.TooSlowError):
+        return "timeout"
+    if isinstance(exc, EOFError):
+        return "closed"
+    if isinstance(exc, HandshakeError):
+        return "invalid"
+    return "network"
+
+
+@dataclass
+class RelayStats:
+    """What a relay has done since it started (see the module docstring).
+
+    ``queued_bytes`` reports the memory held by queued cells when asked; the
+    relay points it at its own measure (``RelayNode`` sums its links' send
+    queues).  ``limit_hits`` counts refusals by limit kind (snake_case).
+    """
+
+    started: float = 0.0
+    traffic: Traffic = field(default_factory=Traffic)
+    links_opened: Counter[str] = field(default_factory=Counter)
+    links_closed: Counter[str] = field(default_factory=Counter)
+    circuits_created: int = 0
+    circuits_closed: int = 0
+    streams_opened: int = 0
+    streams_closed: int = 0
+    exit_bytes_received: int = 0
+    exit_bytes_sent: int = 0
+    handshake_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    limit_hits: Counter[str] = field(
+        default_factory=lambda: Counter({CIRCUIT_QUEUE_LIMIT: 0})
+    )
+    queued_bytes: Callable[[], int] = lambda: 0
+
+    def handshake_failure(self, handshake: str, exc: BaseException) -> None:
+        """Count one failed handshake (``handshake`` is a key of HANDSHAKES)."""
+        self.handshake_failures[handshake, handshake_failure_reason(exc)] += 1
+
+    def queue_refused(self, link: _Closable) -> None:
+        """A link refused a cell: a limit hit, unless the link had closed."""
+        if not link.closed:
+            self.limit_hits[CIRCUIT_QUEUE_LIMIT] += 1
+
+
+class CountingStream(trio.abc.HalfCloseableStream):
+    """An exit's destination connection that counts the bytes it carries."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream, stats: RelayStats):
+        self._stream = stream
+        self._stats = stats
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send to the destination, then count the bytes."""
+        await self._stream.send_all(data)
+        self._stats.exit_bytes_sent += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Receive from the destination and count the bytes."""
+        data = await self._stream.receive_some(max_bytes)
+        self._stats.exit_bytes_received += len(data)
+        return bytes(data)
+
+    async def aclose(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.aclose()
