@@ -5,8 +5,11 @@ against a live endpoint; garbage to the metrics port does not hurt the relay.
 
 import functools
 import math
+import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -22,8 +25,6 @@ from hopchain.messages import HEADER, MAX_DATA, SMALL_PAYLOAD
 from hopchain.wire import CELL_HEADER
 
 from .conftest import LoopbackNet, pattern, start_testnet
-
-pytestmark = pytest.mark.trio
 
 P = "hopchain_relay_"
 SIZE = 3 * 1024 * 1024 + 4321  # downloaded through one circuit
@@ -351,3 +352,48 @@ async def test_the_endpoint_bounds_slow_and_surplus_connections(
                 break
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b'hopchain_relay_build_info{nickname="lonely"' in answer
+
+
+def _hopchain(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hopchain", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_public_metrics_address_needs_the_flag(tmp_path: Path) -> None:
+    result = _hopchain(
+        "relay",
+        "--nickname",
+        "r",
+        "--address",
+        "127.0.0.2",
+        "--authority",
+        f"127.0.0.1:7000={'ab' * 32}",
+        "--data-dir",
+        str(tmp_path / "keys"),
+        "--metrics-port",
+        "0",
+        "--metrics-address",
+        "0.0.0.0",
+    )
+    assert result.returncode == 2
+    assert "--metrics-address 0.0.0.0 is not loopback" in result.stderr
+    assert "--metrics-allow-public" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "keys").exists()  # refused before anything started
+
+
+def test_relay_status_with_nothing_listening_says_so() -> None:
+    with socket.socket() as unused:  # bound, never listening: refuses connects
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        result = _hopchain("relay", "status", "--metrics", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"hopchain relay status: error: nothing answers at 127.0.0.1:{port} "
+        f"(connection refused); is the relay running with --metrics-port {port}?"
+    )

@@ -1,0 +1,165 @@
+"""Relay metrics without a network: the collector's exposition, the status
+summary's figures and units, the metrics address rule, and the counting
+helpers."""
+
+import argparse
+
+import pytest
+import trio
+import trio.testing
+from hopchain.relay.link import Link
+from hopchain.relay.metrics import RelayCollector, check_metrics_address, render
+from hopchain.relay.stats import CountingStream, RelayStats, handshake_failure_reason
+from hopchain.relay.status import endpoint, parse, summary
+
+from hopchain._version import __version__
+from hopchain.errors import ConfigError, HandshakeError, HopchainError
+from hopchain.wire import CellCommand, LinkKeys
+
+
+def busy_stats() -> RelayStats:
+    stats = RelayStats(started=1000.0)
+    stats.links_opened.update(inbound=5, outbound=2)
+    stats.links_closed.update(inbound=3)
+    stats.circuits_created, stats.circuits_closed = 12, 7
+    stats.streams_opened, stats.streams_closed = 4, 3
+    stats.traffic.bytes_received = 3725 * 1024
+    stats.traffic.bytes_sent = 2 * 3725 * 1024
+    stats.traffic.cells_received.update(small=10, large=20)
+    stats.traffic.cells_sent.update(other=3)
+    stats.exit_bytes_received, stats.exit_bytes_sent = 512, 1536
+    stats.handshake_failures.update({("link", "timeout"): 2, ("circuit", "invalid"): 1})
+    stats.limit_hits["circuit_queue"] = 4
+    stats.queued_bytes = lambda: 2048
+    return stats
+
+
+def scrape_text(stats: RelayStats) -> str:
+    return render(RelayCollector(stats, "busy")).decode()
+
+
+def test_summary_of_a_busy_relay() -> None:
+    stats = busy_stats()
+    now = parse(scrape_text(stats), taken=1000.0 + 3725)
+    stats.traffic.bytes_received -= 10 * 1024
+    earlier = parse(scrape_text(stats), taken=1000.0 + 3715)
+    assert summary(now, earlier).splitlines() == [
+        f"relay busy (hopchain {__version__}), up 1 h 2 min",
+        "links: 4 open (2 inbound, 2 outbound), 7 since start",
+        "circuits: 5 open, 12 created, 7 closed",
+        "exit streams: 1 open, 4 opened",
+        "traffic: received 3.6 MiB, sent 7.3 MiB; average: 1.0 KiB/s in, "
+        "2.0 KiB/s out; last 10 s: 1.0 KiB/s in, 0 B/s out",
+        "cells received: 30 (large 20, small 10)",
+        "cells sent: 3 (other 3)",
+        "exit data: 512 B from destinations, 1.5 KiB to them",
+        "handshake failures: circuit invalid 1, link timeout 2",
+        "limit hits: circuit_queue 4",
+        "queued cells: 2.0 KiB",
+    ]
+
+
+def test_summary_of_a_new_relay_says_none() -> None:
+    reading = parse(scrape_text(RelayStats(started=50.0)), taken=50.0)
+    text = summary(reading)
+    assert "up 0 s" in text
+    assert "; last" not in text
+    assert "average" not in text  # no time has passed: no rate to show
+    assert "handshake failures: none" in text
+    assert "limit hits: none" in text
+
+
+def test_exposition_names_follow_prometheus_conventions() -> None:
+    text = scrape_text(busy_stats())
+    assert 'hopchain_relay_cells_total{direction="received",size="large"} 20.0' in text
+    assert "hopchain_relay_circuits_created_total 12.0" in text
+    assert "hopchain_relay_open_circuits 5.0" in text
+    assert 'hopchain_relay_link_bytes_total{direction="sent"} 7.6288e+06' in text
+    assert "hopchain_relay_queued_cell_bytes 2048.0" in text
+    assert "# TYPE hopchain_relay_start_time_seconds gauge" in text
+    # Every handshake and reason is listed, so a rate() sees the first one.
+    assert (
+        'hopchain_relay_handshake_failures_total{handshake="authenticate",'
+        'reason="invalid"} 0.0' in text
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "# HELP other_total x\n# TYPE other_total counter\nother_total 1\n",
+            "does not",
+        ),
+        ("hopchain_relay_build_info{ 1\n", "malformed"),
+    ],
+)
+def test_parse_refuses_what_is_not_relay_metrics(text: str, message: str) -> None:
+    with pytest.raises(HopchainError, match=message):
+        parse(text, taken=0.0)
+
+
+@pytest.mark.parametrize(
+    ("address", "allow_public", "error"),
+    [
+        ("127.0.0.1", False, None),
+        ("::1", False, None),
+        ("0.0.0.0", False, "not loopback"),
+        ("10.1.2.3", False, "not loopback"),
+        ("0.0.0.0", True, None),
+        ("metrics.example", True, "must be an IP address"),
+    ],
+)
+def test_metrics_address_rule(
+    address: str, allow_public: bool, error: str | None
+) -> None:
+    if error is None:
+        check_metrics_address(address, allow_public=allow_public)
+    else:
+        with pytest.raises(ConfigError, match=error):
+            check_metrics_address(address, allow_public=allow_public)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9052", ("127.0.0.1", 9052)), ("[::1]:80", ("::1", 80))],
+)
+def test_endpoint_parses_host_and_port(text: str, expected: tuple[str, int]) -> None:
+    assert endpoint(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9052", "host:", ":9052", "h:0", "h:70000", "h:x"])
+def test_endpoint_refuses_malformed_text(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        endpoint(text)
+
+
+def test_handshake_failure_reasons() -> None:
+    assert handshake_failure_reason(trio.TooSlowError()) == "timeout"
+    assert handshake_failure_reason(EOFError()) == "closed"
+    assert handshake_failure_reason(HandshakeError("x")) == "invalid"
+    assert handshake_failure_reason(ConnectionResetError()) == "network"
+
+
+async def test_counting_stream_counts_both_directions() -> None:
+    stats = RelayStats()
+    exit_side, destination = trio.testing.memory_stream_pair()
+    counted = CountingStream(exit_side, stats)
+    await counted.send_all(b"hello")
+    assert await destination.receive_some() == b"hello"
+    await destination.send_all(b"world!")
+    assert await counted.receive_some() == b"world!"
+    assert (stats.exit_bytes_sent, stats.exit_bytes_received) == (5, 6)
+
+
+def test_a_link_reports_its_queued_bytes_and_queue_refusals() -> None:
+    near, _ = trio.testing.memory_stream_pair()
+    link = Link(near, LinkKeys(bytes(32), bytes(32)), peer_identity=None, binding=b"")
+    assert link.send(7, CellCommand.RELAY, bytes(1024))
+    assert link.send(8, CellCommand.DESTROY, b"\x01")
+    assert link.queued_bytes == 1025
+    stats = RelayStats()
+    stats.queue_refused(link)
+    link.closed = True
+    stats.queue_refused(link)  # a closed link is not a limit
+    assert stats.limit_hits["circuit_queue"] == 1
