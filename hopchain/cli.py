@@ -391,6 +391,7 @@ def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
     metrics.add_argument(
         "--metrics-port",
         type=_port,
+        metavar="PORT",
         help="serve Prometheus metrics at http://ADDRESS:PORT/metrics, which "
         "'hopchain relay status' reads (default: off; 9052 is what status "
         "tries first; 0: any port)",
@@ -398,6 +399,7 @@ def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
     metrics.add_argument(
         "--metrics-address",
         default="127.0.0.1",
+        metavar="ADDRESS",
         help="metrics listen address (default 127.0.0.1; anything but loopback "
         "needs --metrics-allow-public)",
     )

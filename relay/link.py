@@ -12,6 +12,9 @@ two relays can never deadlock on each other's full buffers); one writer task
 per link batches everything queued into a single record.  Each circuit's
 share of the queue is bounded (``MAX_QUEUED_PER_CIRCUIT``): a circuit whose
 ends ignore flow control is refused, not buffered.
+
+Each link counts the bytes and cells it carries in ``traffic`` (a relay
+gives all its links one shared ``RelayStats.traffic``, for its metrics).
 """
 
 import logging
@@ -130,6 +133,7 @@ class Link:
             LinkError: a bad record (the caller closes the link).
         """
         opener = self._opener
+        self.traffic.bytes_received += opener.buffered  # arrived with the handshake
         while True:
             while (record := opener.next_record()) is not None:
                 yield decode_cells(record)

@@ -276,7 +276,11 @@ def summary(now: Reading, earlier: Reading | None = None) -> str:
                 f"last {_duration(now.taken - earlier.taken)}",
             )
         ),
-        *(f"cells {d}: {sum(c.values()):.0f} ({_counts(c)})" for d, c in cells.items()),
+        *(
+            f"cells {d}: {sum(c.values()):.0f}"
+            + (f" ({_counts(c)})" if any(c.values()) else "")
+            for d, c in cells.items()
+        ),
         "exit data: "
         f"{_size(now.total(_P + 'exit_bytes_total', direction='received'))} "
         "from destinations, "
