@@ -235,6 +235,9 @@ async def serve_metrics(
             with trio.move_on_after(timeout):
                 await _answer(stream, collector)
                 await _linger(stream)
+        except Exception:
+            # A bug behind one scrape must not take the relay down with it.
+            logger.exception("bug while answering a metrics request")
         finally:
             limiter.release()
             await trio.aclose_forcefully(stream)

@@ -3,12 +3,19 @@ summary's figures and units, the metrics address rule, and the counting
 helpers."""
 
 import argparse
+import functools
 
 import pytest
 import trio
 import trio.testing
 from hopchain.relay.link import Link
-from hopchain.relay.metrics import RelayCollector, check_metrics_address, render
+from hopchain.relay.metrics import (
+    RelayCollector,
+    check_metrics_address,
+    render,
+    serve_metrics,
+)
+from hopchain.relay.net import TcpNetwork
 from hopchain.relay.stats import CountingStream, RelayStats, handshake_failure_reason
 from hopchain.relay.status import endpoint, parse, summary
 
@@ -163,3 +170,39 @@ def test_a_link_reports_its_queued_bytes_and_queue_refusals() -> None:
     link.closed = True
     stats.queue_refused(link)  # a closed link is not a limit
     assert stats.limit_hits["circuit_queue"] == 1
+
+
+async def test_a_failing_collector_costs_one_scrape_not_the_endpoint(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    stats = RelayStats()
+    broken = [True]
+
+    def queued() -> int:
+        if broken[0]:
+            raise RuntimeError("a buggy queue measure")
+        return 7
+
+    stats.queued_bytes = queued
+    port = await nursery.start(
+        functools.partial(
+            serve_metrics, TcpNetwork(), RelayCollector(stats, "r"), "127.0.0.1", 0
+        )
+    )
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    async def get() -> bytes:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(request)
+            await stream.send_eof()
+            data = b""
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+            return data
+
+    with trio.fail_after(30):
+        assert await get() == b""
+        broken[0] = False
+        answer = await get()
+    assert "a buggy queue measure" in caplog.text
+    assert b"hopchain_relay_queued_cell_bytes 7.0" in answer
