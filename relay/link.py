@@ -14,7 +14,8 @@ share of the queue is bounded (``MAX_QUEUED_PER_CIRCUIT``): a circuit whose
 ends ignore flow control is refused, not buffered.
 
 Each link counts the bytes and cells it carries in ``traffic`` (a relay
-gives all its links one shared ``RelayStats.traffic``, for its metrics).
+gives all its links one shared ``RelayStats.traffic``, for its metrics,
+before it serves them).
 """
 
 import logging
@@ -25,7 +26,7 @@ from typing import Final
 
 import trio
 from hopchain.relay.net import RECEIVE_CHUNK, BufferedReader
-from hopchain.relay.stats import SIZE_CLASS, Traffic
+from hopchain.relay.stats import OTHER_SIZE, SIZE_INDEX, Traffic
 
 from hopchain.crypto import handshake, kdf
 from hopchain.crypto.keys import IdentityKey, OnionKey
@@ -103,6 +104,7 @@ class Link:
         """Send queued cells, batched into records, until the link closes."""
         queue = self._queue
         queued = self._queued
+        cells_sent = self.traffic.cells_sent
         try:
             while True:
                 while not queue:
@@ -112,7 +114,7 @@ class Link:
                 size = 0
                 while queue and size < BATCH_BYTES:
                     circ_id, body_len, cell = queue.popleft()
-                    self.traffic.cells_sent[SIZE_CLASS.get(body_len, "other")] += 1
+                    cells_sent[SIZE_INDEX.get(body_len, OTHER_SIZE)] += 1
                     batch.append(cell)
                     size += len(cell)
                     left = queued.get(circ_id, 0) - body_len
@@ -154,14 +156,16 @@ class Link:
         Returns when the peer closes the link or breaks the protocol (logged
         as a warning); the link is closed on return.
         """
+        cells_received = self.traffic.cells_received
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.run_writer)
                 try:
                     async for cells in self.receive_cells():
                         for cell in cells:
-                            size = SIZE_CLASS.get(len(cell.body), "other")
-                            self.traffic.cells_received[size] += 1
+                            cells_received[
+                                SIZE_INDEX.get(len(cell.body), OTHER_SIZE)
+                            ] += 1
                             on_cell(cell)
                 except ProtocolError as exc:
                     logger.warning("closing a link: %s", exc)

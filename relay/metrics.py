@@ -22,7 +22,7 @@ from typing import Final
 import h11
 import trio
 from hopchain.relay.net import Network, bound_port
-from hopchain.relay.stats import HANDSHAKES, SIZE_CLASSES, RelayStats
+from hopchain.relay.stats import HANDSHAKES, RelayStats
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -125,12 +125,9 @@ class RelayCollector:
             "AUTHENTICATE are other.",
             labels=["direction", "size"],
         )
-        for direction, counts in (
-            ("received", t.cells_received),
-            ("sent", t.cells_sent),
-        ):
-            for size in SIZE_CLASSES:
-                cells.add_metric([direction, size], counts[size])
+        for direction in ("received", "sent"):
+            for size, n in t.cells(direction).items():
+                cells.add_metric([direction, size], n)
         yield cells
         yield _by_label(
             "exit_bytes",

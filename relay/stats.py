@@ -21,9 +21,11 @@ from hopchain.errors import HandshakeError
 from hopchain.messages import LARGE_BODY, SMALL_BODY
 
 # Cell size classes (protocol.md): relay cells are SMALL_BODY or LARGE_BODY
-# bytes; CREATE, CREATED, DESTROY and AUTHENTICATE are "other".
-SIZE_CLASS: Final = {SMALL_BODY: "small", LARGE_BODY: "large"}
+# bytes; CREATE, CREATED, DESTROY and AUTHENTICATE are "other".  Cells are
+# counted in lists indexed by class, the cheapest count per cell in Python.
 SIZE_CLASSES: Final = ("small", "large", "other")
+SIZE_INDEX: Final = {SMALL_BODY: 0, LARGE_BODY: 1}
+OTHER_SIZE: Final = 2
 
 # Which handshake failed, and why (``handshake_failure``): a fixed label set.
 HANDSHAKES: Final = {
@@ -39,14 +41,20 @@ class _Closable(Protocol):
     closed: bool
 
 
-@dataclass
+@dataclass(slots=True)
 class Traffic:
-    """Bytes (records on the wire) and cells (by size class) of links."""
+    """Bytes (records on the wire) and cells of links; cell counts are
+    indexed like ``SIZE_CLASSES`` (``SIZE_INDEX.get(len(body), OTHER_SIZE)``)."""
 
     bytes_received: int = 0
     bytes_sent: int = 0
-    cells_received: Counter[str] = field(default_factory=Counter)
-    cells_sent: Counter[str] = field(default_factory=Counter)
+    cells_received: list[int] = field(default_factory=lambda: [0, 0, 0])
+    cells_sent: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+    def cells(self, direction: str) -> dict[str, int]:
+        """Cells ``received`` or ``sent``, by size class name."""
+        counts = self.cells_received if direction == "received" else self.cells_sent
+        return dict(zip(SIZE_CLASSES, counts, strict=True))
 
 
 def handshake_failure_reason(exc: BaseException) -> str:

@@ -32,8 +32,8 @@ def busy_stats() -> RelayStats:
     stats.streams_opened, stats.streams_closed = 4, 3
     stats.traffic.bytes_received = 3725 * 1024
     stats.traffic.bytes_sent = 2 * 3725 * 1024
-    stats.traffic.cells_received.update(small=10, large=20)
-    stats.traffic.cells_sent.update(other=3)
+    stats.traffic.cells_received[:] = [10, 20, 0]
+    stats.traffic.cells_sent[:] = [0, 0, 3]
     stats.exit_bytes_received, stats.exit_bytes_sent = 512, 1536
     stats.handshake_failures.update({("link", "timeout"): 2, ("circuit", "invalid"): 1})
     stats.limit_hits["circuit_queue"] = 4
