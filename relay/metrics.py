@@ -230,7 +230,7 @@ async def serve_metrics(
             return
         try:
             with trio.move_on_after(timeout):
-                await _answer(stream, collector)
+                await answer_one_request(stream, collector)
                 await _linger(stream)
         except Exception:
             # A bug behind one scrape must not take the relay down with it.
@@ -243,7 +243,7 @@ async def serve_metrics(
     await trio.serve_listeners(handle, listeners)
 
 
-async def _linger(stream: trio.SocketStream) -> None:
+async def _linger(stream: trio.abc.HalfCloseableStream) -> None:
     """Half-close, then read what the client still sends (a bounded amount,
     for at most ``LINGER`` seconds): closing with unread bytes would reset the
     connection, and the client could lose the answer."""
@@ -260,8 +260,11 @@ async def _linger(stream: trio.SocketStream) -> None:
             return
 
 
-async def _answer(stream: trio.SocketStream, collector: RelayCollector) -> None:
-    """Read one request and answer it (a malformed one with 400)."""
+async def answer_one_request(
+    stream: trio.abc.Stream, collector: RelayCollector
+) -> None:
+    """Read one request from ``stream`` and answer it (a malformed one with
+    400); the caller bounds the time and closes the stream."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
     try:
         while True:
@@ -295,7 +298,7 @@ async def _answer(stream: trio.SocketStream, collector: RelayCollector) -> None:
 
 
 async def _respond(
-    stream: trio.SocketStream,
+    stream: trio.abc.Stream,
     conn: h11.Connection,
     status: int,
     body: bytes,

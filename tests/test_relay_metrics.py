@@ -11,6 +11,7 @@ import trio.testing
 from hopchain.relay.link import Link
 from hopchain.relay.metrics import (
     RelayCollector,
+    answer_one_request,
     check_metrics_address,
     render,
     serve_metrics,
@@ -18,6 +19,8 @@ from hopchain.relay.metrics import (
 from hopchain.relay.net import TcpNetwork
 from hopchain.relay.stats import CountingStream, RelayStats, handshake_failure_reason
 from hopchain.relay.status import endpoint, parse, summary
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hopchain._version import __version__
 from hopchain.errors import ConfigError, HandshakeError, HopchainError
@@ -206,3 +209,32 @@ async def test_a_failing_collector_costs_one_scrape_not_the_endpoint(
         answer = await get()
     assert "a buggy queue measure" in caplog.text
     assert b"hopchain_relay_queued_cell_bytes 7.0" in answer
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=400),
+        st.builds(
+            lambda method, target, rest: (
+                method + b" " + target + b" HTTP/1.1\r\n" + rest
+            ),
+            st.sampled_from([b"GET", b"HEAD", b"POST", b"get", b""]),
+            st.sampled_from([b"/metrics", b"/metrics?x=1", b"/", b"*", b"//metrics"]),
+            st.binary(max_size=200),
+        ),
+    )
+)
+async def test_any_request_bytes_get_an_http_answer_or_none(data: bytes) -> None:
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(data)
+    await client.send_eof()
+    with trio.fail_after(10):
+        await answer_one_request(server, RelayCollector(RelayStats(), "r"))
+        await server.aclose()
+        answer = b""
+        while chunk := await client.receive_some(65536):
+            answer += chunk
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 ")
+    if answer.startswith(b"HTTP/1.1 200 "):
+        assert data.startswith((b"GET /metrics", b"HEAD /metrics"))
