@@ -271,7 +271,7 @@ async def answer_one_request(
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 try:
-                    conn.receive_data(await stream.receive_some(4096))
+                    conn.receive_data(bytes(await stream.receive_some(4096)))
                 except _BROKEN:
                     return
                 continue
