@@ -592,6 +592,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     if args.country and (len(args.country) != 2 or not args.country.isalpha()):
         raise ConfigError("--country must be a two-letter code")
     authorities = [AuthorityAddress.parse(a) for a in args.authority]
+    exit_policy = _exit_policy(args)
     ensure_private_dir(args.data_dir)
     identity = IdentityKey(load_or_create_secret(args.data_dir / "identity.key"))
     onion = OnionKey(load_or_create_secret(args.data_dir / "onion.key"))
@@ -601,7 +602,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         port=args.port,
         authorities=authorities,
         exit=args.exit,
-        exit_policy=_exit_policy(args),
+        exit_policy=exit_policy,
         test_network=args.test_network,
         bandwidth=args.bandwidth,
         country=args.country.upper(),

@@ -302,6 +302,7 @@ def _parse_address(text: str) -> Network | None:
             raise ValueError(f"bad IPv6 address {address!r} (write it as [ADDR])")
         ip: Address = _ip(address[1:-1], ipaddress.IPv6Address)
     elif ":" in address:
+        _ip(address, ipaddress.IPv6Address)
         raise ValueError(f"IPv6 address {address!r} must be in brackets: [{address}]")
     else:
         ip = _ip(address, ipaddress.IPv4Address)

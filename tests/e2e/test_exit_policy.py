@@ -11,7 +11,9 @@ import ipaddress
 import logging
 import random
 import struct
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import pytest
@@ -440,3 +442,69 @@ async def test_refused_destinations_get_not_allowed_by_ruleset_and_nothing_is_se
     assert all(
         "reason=EXIT_POLICY" in line and "host=[scrubbed]" in line for line in refusals
     )
+
+
+# --- the command line ----------------------------------------------------------------
+
+
+async def _relay_cli(tmp_path: Path, *extra: str) -> tuple[int, str]:
+    """Run ``hopchain relay --exit`` with extra options: (status, stderr)."""
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "hopchain",
+                "relay",
+                "--data-dir",
+                str(tmp_path / "keys"),
+                "--nickname",
+                "x",
+                "--address",
+                "127.0.0.9",
+                "--authority",
+                f"127.0.0.1:7000={'ab' * 32}",
+                "--exit",
+                *extra,
+            ],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return result.returncode, result.stderr.decode()
+
+
+async def test_a_bad_exit_policy_is_one_clear_error_and_creates_nothing(
+    tmp_path: Path,
+) -> None:
+    status, stderr = await _relay_cli(
+        tmp_path, "--exit-policy", "accept *:80, accept *:0"
+    )
+    assert status == 2
+    assert stderr.strip() == (
+        "hopchain relay: error: --exit-policy: rule 2 'accept *:0': "
+        "port 0 is outside 1..65535"
+    )
+    assert not (tmp_path / "keys").exists()
+
+
+async def test_a_bad_exit_policy_file_names_the_file_and_line(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    policy.write_text("# web only\naccept *:80\naccept *:443\nreject *:*:*\n")
+    status, stderr = await _relay_cli(tmp_path, "--exit-policy-file", str(policy))
+    assert status == 2
+    assert f"error: {policy}, line 4: rule 3 'reject *:*:*': " in stderr
+    assert "Traceback" not in stderr
+    status, stderr = await _relay_cli(
+        tmp_path, "--exit-policy-file", str(tmp_path / "none")
+    )
+    assert status == 2
+    assert "--exit-policy-file: cannot read it" in stderr
+
+
+async def test_policy_options_are_exclusive(tmp_path: Path) -> None:
+    status, stderr = await _relay_cli(
+        tmp_path, "--exit-policy", "accept *:*", "--exit-ports", "80"
+    )
+    assert status == 2
+    assert "not allowed with argument" in stderr
