@@ -306,9 +306,7 @@ def _parse_address(text: str) -> Network | None:
         raise ValueError(f"IPv6 address {address!r} must be in brackets: [{address}]")
     else:
         ip = _ip(address, ipaddress.IPv4Address)
-    prefix = ip.max_prefixlen
-    if slash:
-        prefix = _parse_mask(mask, ip)
+    prefix = _parse_mask(mask, ip) if slash else int(ip.max_prefixlen)
     try:
         return ipaddress.ip_network(f"{ip}/{prefix}")
     except ValueError:
