@@ -43,20 +43,6 @@ def _port(text: str) -> int:
     return port
 
 
-def _exit_ports(text: str) -> tuple[tuple[int, int], ...]:
-    ranges = []
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        try:
-            lo, hi = int(low), int(high or low)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"bad port range {part!r}") from exc
-        if not 1 <= lo <= hi <= 65535:
-            raise argparse.ArgumentTypeError(f"bad port range {part!r}")
-        ranges.append((lo, hi))
-    return tuple(ranges)
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
@@ -209,7 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     policy.add_argument(
         "--exit-ports",
-        type=_exit_ports,
         metavar="PORTS",
         help="shorthand for --exit-policy 'accept *:PORTS, reject *:*', e.g. "
         "80,443,8000-8999; clients use an exit only if it accepts two of 80, "
@@ -637,8 +622,8 @@ def _exit_policy(args: argparse.Namespace) -> "ExitPolicy | None":
             raise ConfigError(f"--exit-policy-file: cannot read it: {exc}") from exc
         policy = parse_policy(text, str(args.exit_policy_file))
     elif args.exit_ports is not None:
-        ports = ", ".join(f"accept *:{lo}-{hi}" for lo, hi in args.exit_ports)
-        policy = parse_policy(f"{ports}, reject *:*", "--exit-ports")
+        rules = [f"accept *:{part.strip()}" for part in args.exit_ports.split(",")]
+        policy = parse_policy(", ".join([*rules, "reject *:*"]), "--exit-ports")
     if args.exit:
         summary = (policy or default_policy(args.test_network)).summary()
         log_event(logger, logging.INFO, "exit_policy", ports=format_ports(summary))

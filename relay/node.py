@@ -119,8 +119,10 @@ class RelayNode:
         self._link_locks: dict[bytes, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self.published = trio.Event()
-        self._exit_policy = config.exit_policy or exitpolicy.default_policy(
-            config.test_network
+        self._exit_policy = (
+            exitpolicy.default_policy(config.test_network)
+            if config.exit_policy is None
+            else config.exit_policy
         )
 
     # --- lifecycle -----------------------------------------------------------
@@ -495,7 +497,7 @@ class RelayNode:
                     reason=EndReason(exc.reason).name,
                     why=exc,
                     host=sensitive(begin.host),
-                    port=sensitive(begin.port),
+                    port=begin.port,
                 )
                 send(circuit.core.end_stream(sid, EndReason(exc.reason)))
                 return
@@ -511,7 +513,7 @@ class RelayNode:
             "exit_stream_connected",
             host=sensitive(begin.host),
             address=sensitive(address),
-            port=sensitive(begin.port),
+            port=begin.port,
         )
         stream = CircuitStream(sid, circuit.core, send, circuit.credit)
         circuit.streams[sid] = stream
