@@ -65,7 +65,12 @@ def log_event(logger: logging.Logger, level: int, event: str, **fields: object) 
 
 
 class RevealSensitive(logging.Filter):
-    """A handler filter for ``--unsafe-logging``: shows sensitive values."""
+    """A handler filter for ``--unsafe-logging``: shows sensitive values.
+
+    It rewrites the record's arguments, so handlers that see the record
+    after this one show the values too: install it on every handler or on
+    the only one (the ``hopchain`` command has one, on stderr).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Unwrap every ``Sensitive`` argument of the record (never drops it)."""
