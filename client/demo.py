@@ -39,6 +39,7 @@ class DemoOptions:
     data_dir: Path | None
     log_level: str
     client_argv: list[str]
+    unsafe_logging: bool = False
 
 
 EXIT_COUNTRIES: Final = ("DE", "NL", "SE", "CH", "FR", "IS")
@@ -120,6 +121,8 @@ async def run_demo(options: DemoOptions) -> None:
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     stopping = trio.Event()
     common = ["--log-level", options.log_level]
+    if options.unsafe_logging:
+        common.append("--unsafe-logging")
     clean = False
     try:
         async with trio.open_nursery() as nursery:

@@ -58,6 +58,7 @@ from hopchain.httpproxy import (
     upstream_request,
 )
 from hopchain.isolation import IsolationRules, isolation_key
+from hopchain.safelog import log_event, sensitive
 from hopchain.scrub import ScrubOptions
 
 logger = logging.getLogger(__name__)
@@ -250,6 +251,7 @@ class _AppConnection:
     async def _open(
         self, host: str, port: int
     ) -> tuple[ClientCircuitHandle, CircuitStream]:
+        log_event(logger, logging.DEBUG, "http_stream", host=sensitive(host), port=port)
         key = isolation_key(
             self._options.isolation,
             listener="http",

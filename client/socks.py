@@ -15,7 +15,8 @@ input gets the reply the parser chose (RFC 1928 codes, or SOCKS4's 0x5B), or
 a plain close, and a log line at INFO; other connections are never affected.
 A SOCKS4 CONNECT to an IP address means the app resolved the name itself: it
 is served, counted (``hopchain doctor``), and logged at WARNING once per run.
-Destinations and client addresses are never logged at INFO or above.
+Destinations and app addresses appear in logs only as ``[scrubbed]``
+(``hopchain.safelog``), unless the user asked for ``--unsafe-logging``.
 """
 
 import ipaddress
@@ -40,6 +41,7 @@ from hopchain.errors import (
 )
 from hopchain.isolation import IsolationRules, isolation_key
 from hopchain.messages import EndReason
+from hopchain.safelog import log_event, sensitive
 from hopchain.socks4 import Socks4Server
 from hopchain.socks5 import (
     ConnectRequest,
@@ -164,6 +166,15 @@ class SocksListener:
                 "with host names); later ones are only counted (hopchain doctor)"
             )
         self._stats.request(protocol, by_name=request.by_name)
+        log_event(
+            logger,
+            logging.DEBUG,
+            "socks_connect",
+            protocol=protocol,
+            app=sensitive(_peer(stream)),
+            host=sensitive(request.host),
+            port=request.port,
+        )
         key = isolation_key(
             self._options.isolation,
             listener="socks",
@@ -224,6 +235,15 @@ class SocksListener:
             await _send(stream, socks4.encode_resolved_reply(answers))
         else:
             await _send(stream, encode_resolved_reply(answers, ptr=request.ptr))
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    """The app's address and port, for (scrubbed) logs."""
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown"
+    return f"{host}:{port}"
 
 
 def _protocol(parser: Socks4Server | Socks5Server) -> str:

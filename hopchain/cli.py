@@ -17,6 +17,7 @@ from hopchain._version import __version__
 if TYPE_CHECKING:
     from hopchain.client.http import HttpOptions
     from hopchain.client.socks import SocksOptions
+    from hopchain.exitpolicy import ExitPolicy
     from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
@@ -42,26 +43,19 @@ def _port(text: str) -> int:
     return port
 
 
-def _exit_ports(text: str) -> tuple[tuple[int, int], ...]:
-    ranges = []
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        try:
-            lo, hi = int(low), int(high or low)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"bad port range {part!r}") from exc
-        if not 1 <= lo <= hi <= 65535:
-            raise argparse.ArgumentTypeError(f"bad port range {part!r}")
-        ranges.append((lo, hi))
-    return tuple(ranges)
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: info)",
+    )
+    parser.add_argument(
+        "--unsafe-logging",
+        action="store_true",
+        help="show client addresses and destinations in the logs (by default "
+        "they are logged as [scrubbed]); for debugging only, never on a "
+        "relay other people use",
     )
 
 
@@ -183,13 +177,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory authority to publish to (repeatable)",
     )
     relay.add_argument("--exit", action="store_true", help="be an exit relay")
-    relay.add_argument(
+    policy = relay.add_mutually_exclusive_group()
+    policy.add_argument(
+        "--exit-policy",
+        metavar="RULES",
+        help="exit policy, Tor's language: 'accept *:80, accept *:443, reject "
+        "*:*' (rules 'accept|reject ADDR[/MASK]:PORT[-PORT]', first match wins, "
+        "reject when none matches; default: Tor's reduced exit policy, or "
+        "'accept *:*' with --test-network). Private, loopback, link-local, "
+        "multicast and own addresses are refused before it, except in a test "
+        "network",
+    )
+    policy.add_argument(
+        "--exit-policy-file",
+        type=Path,
+        metavar="FILE",
+        help="read the exit policy from FILE (one rule or more per line, '#' comments)",
+    )
+    policy.add_argument(
         "--exit-ports",
-        type=_exit_ports,
-        default=((1, 65535),),
         metavar="PORTS",
-        help="ports an exit accepts, e.g. 80,443,8000-8999 (default: all); "
-        "clients use an exit only if it accepts two of 80, 443, 6667",
+        help="shorthand for --exit-policy 'accept *:PORTS, reject *:*', e.g. "
+        "80,443,8000-8999; clients use an exit only if it accepts two of 80, "
+        "443, 6667",
     )
     relay.add_argument(
         "--test-network",
@@ -492,12 +502,18 @@ def _warn_if_public_http(args: argparse.Namespace) -> None:
         )
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, *, unsafe: bool) -> None:
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if unsafe:
+        from hopchain.safelog import RevealSensitive
+
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(RevealSensitive())
+        logger.warning("unsafe logging: client addresses and destinations are logged")
 
 
 def _ready(line: str) -> None:
@@ -590,6 +606,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     if args.country and (len(args.country) != 2 or not args.country.isalpha()):
         raise ConfigError("--country must be a two-letter code")
     authorities = [AuthorityAddress.parse(a) for a in args.authority]
+    exit_policy = _exit_policy(args)
     if args.metrics_port is not None:
         check_metrics_address(
             args.metrics_address, allow_public=args.metrics_allow_public
@@ -603,7 +620,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         port=args.port,
         authorities=authorities,
         exit=args.exit,
-        exit_ports=args.exit_ports,
+        exit_policy=exit_policy,
         test_network=args.test_network,
         bandwidth=args.bandwidth,
         country=args.country.upper(),
@@ -623,6 +640,36 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
             _ready(f"ready {args.address}:{port}")
 
     return run
+
+
+def _exit_policy(args: argparse.Namespace) -> "ExitPolicy | None":
+    """The relay's exit policy from its options (None: the default)."""
+    from hopchain.exitpolicy import default_policy, format_ports, parse_policy
+    from hopchain.flags import EXIT_PORTS
+    from hopchain.safelog import log_event
+
+    policy = None
+    if args.exit_policy is not None:
+        policy = parse_policy(args.exit_policy, "--exit-policy")
+    elif args.exit_policy_file is not None:
+        try:
+            text = args.exit_policy_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--exit-policy-file: cannot read it: {exc}") from exc
+        policy = parse_policy(text, str(args.exit_policy_file))
+    elif args.exit_ports is not None:
+        rules = [f"accept *:{part.strip()}" for part in args.exit_ports.split(",")]
+        policy = parse_policy(", ".join([*rules, "reject *:*"]), "--exit-ports")
+    if args.exit:
+        summary = (policy or default_policy(args.test_network)).summary()
+        log_event(logger, logging.INFO, "exit_policy", ports=format_ports(summary))
+        if sum(any(lo <= p <= hi for lo, hi in summary) for p in EXIT_PORTS) < 2:
+            logger.warning(
+                "the exit policy accepts fewer than two of ports 80, 443 and "
+                "6667 in general: authorities give no Exit flag, and clients "
+                "will not exit here"
+            )
+    return policy
 
 
 def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
@@ -742,6 +789,7 @@ def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         data_dir=args.data_dir,
         log_level=args.log_level,
         client_argv=_client_argv(args),
+        unsafe_logging=args.unsafe_logging,
     )
     return lambda: run_demo(options)
 
@@ -808,7 +856,7 @@ def main(argv: list[str] | None = None) -> None:
         args = build_status_parser().parse_args(argv[2:])
     else:
         args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, unsafe=getattr(args, "unsafe_logging", False))
     import trio
 
     try:

@@ -55,6 +55,7 @@ from hopchain.messages import (
     Sendme,
 )
 from hopchain.relaycircuit import Deliver, Forward, RelayCircuit, Respond
+from hopchain.safelog import log_event, sensitive
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class RelayConfig:
     port: int = 0
     authorities: list[AuthorityAddress] = field(default_factory=list)
     exit: bool = False
-    exit_ports: tuple[tuple[int, int], ...] = ((1, 65535),)
+    exit_policy: exitpolicy.ExitPolicy | None = None  # None: default_policy()
     test_network: bool = False
     bandwidth: int = 10_000_000
     country: str = ""
@@ -127,6 +128,11 @@ class RelayNode:
         self.stats = RelayStats()
         self.stats.queued_bytes = lambda: sum(ln.queued_bytes for ln in self._links)
         self.metrics_port: int | None = None
+        self._exit_policy = (
+            exitpolicy.default_policy(config.test_network)
+            if config.exit_policy is None
+            else config.exit_policy
+        )
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -171,7 +177,7 @@ class RelayNode:
             address=self.config.address,
             or_port=self.port,
             bandwidth=self.config.bandwidth,
-            exit_ports=self.config.exit_ports if self.config.exit else (),
+            exit_ports=self._exit_policy.summary() if self.config.exit else (),
             family=(),
             country=self.config.country,
             published=wall_clock(),
@@ -490,6 +496,24 @@ class RelayNode:
 
     # --- exit ----------------------------------------------------------------
 
+    @property
+    def exit_policy(self) -> exitpolicy.ExitPolicy:
+        """The exit policy new streams are checked against."""
+        return self._exit_policy
+
+    def set_exit_policy(self, policy: exitpolicy.ExitPolicy) -> None:
+        """Use ``policy`` for every stream opened from now on (streams already
+        connected stay).  The descriptor carries its port summary from the
+        next publish on."""
+        self._exit_policy = policy
+        log_event(
+            logger,
+            logging.INFO,
+            "exit_policy_set",
+            rules=len(policy.rules),
+            ports=exitpolicy.format_ports(policy.summary()),
+        )
+
     async def _exit_stream(self, circuit: _Circuit, begin: Begin) -> None:
         sid = begin.stream_id
         send = self._sender(circuit)
@@ -500,7 +524,15 @@ class RelayNode:
                     begin.host, begin.port
                 )
             except StreamError as exc:
-                logger.info("exit stream refused: %s", exc)
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "exit_stream_refused",
+                    reason=EndReason(exc.reason).name,
+                    why=exc,
+                    host=sensitive(begin.host),
+                    port=begin.port,
+                )
                 send(circuit.core.end_stream(sid, EndReason(exc.reason)))
                 return
             finally:
@@ -509,6 +541,14 @@ class RelayNode:
             if not scope.cancelled_caught:
                 await socket.aclose()  # the client ended the stream meanwhile
             return
+        log_event(
+            logger,
+            logging.DEBUG,
+            "exit_stream_connected",
+            host=sensitive(begin.host),
+            address=sensitive(address),
+            port=begin.port,
+        )
         stream = CircuitStream(sid, circuit.core, send, circuit.credit)
         circuit.streams[sid] = stream
         self.stats.streams_opened += 1
@@ -534,7 +574,14 @@ class RelayNode:
                 answers = await self.resolve_for_client(message.query, ptr=message.ptr)
                 bodies = circuit.core.resolved(sid, answers)
             except StreamError as exc:
-                logger.info("exit resolve refused: %s", exc)
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "exit_resolve_refused",
+                    reason=EndReason(exc.reason).name,
+                    why=exc,
+                    query=sensitive(message.query),
+                )
                 bodies = circuit.core.resolved(sid, reason=EndReason(exc.reason))
             finally:
                 circuit.resolving.pop(sid, None)
@@ -602,13 +649,22 @@ class RelayNode:
     async def connect_to_destination(
         self, host: str, port: int
     ) -> tuple[trio.abc.HalfCloseableStream, str]:
-        """Resolve host here, check every address against policy, connect.
+        """Resolve host here, check every address, connect to an allowed one.
+
+        The checks, on each resolved address: the fixed refusals of
+        ``exitpolicy.destination_allowed`` (private, loopback, link-local,
+        multicast, unspecified and own addresses outside a test network; the
+        own relay port always), then the exit policy in force when the
+        stream began.  A port the policy refuses everywhere is refused
+        before any DNS query.  Error messages name no destination (they are
+        logged).
 
         Raises:
             StreamError: with the END reason to send back.
         """
-        if not any(low <= port <= high for low, high in self.config.exit_ports):
-            raise StreamError(f"exit policy refuses port {port}", EndReason.EXIT_POLICY)
+        policy = self._exit_policy
+        if not policy.may_accept_port(port):
+            raise StreamError("exit policy refuses the port", EndReason.EXIT_POLICY)
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 try:
@@ -617,17 +673,7 @@ class RelayNode:
                     raise StreamError(
                         "name did not resolve", EndReason.RESOLVE_FAILED
                     ) from exc
-                allowed = [
-                    a
-                    for a in addresses
-                    if exitpolicy.destination_allowed(
-                        a,
-                        port,
-                        test_network=self.config.test_network,
-                        own_addresses=[self.config.address],
-                        own_ports=[self.port],
-                    )
-                ]
+                allowed = [a for a in addresses if self._may_exit_to(a, port, policy)]
                 if not allowed:
                     raise StreamError(
                         "exit policy refuses the destination", EndReason.EXIT_POLICY
@@ -648,6 +694,21 @@ class RelayNode:
         except trio.TooSlowError as exc:
             raise StreamError("connect timed out", EndReason.TIMEOUT) from exc
         raise StreamError("connect failed", _reason_for(last))
+
+    def _may_exit_to(
+        self, address: str, port: int, policy: exitpolicy.ExitPolicy
+    ) -> bool:
+        try:
+            return exitpolicy.destination_allowed(
+                address,
+                port,
+                test_network=self.config.test_network,
+                own_addresses=[self.config.address],
+                own_ports=[self.port],
+                policy=policy,
+            )
+        except ValueError:
+            return False  # a resolver that answers with something not an IP
 
 
 def _reason_for(exc: OSError | None) -> EndReason:
