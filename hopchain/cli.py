@@ -135,19 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark the relay with this identity key (hex, 64 digits) BadExit: "
         "clients never exit through it (repeatable)",
     )
-    authority.add_argument(
-        "--geoip",
-        type=Path,
-        metavar="FILE",
-        help="Tor-format IPv4 GeoIP file for relay countries "
-        "(Debian's tor-geoipdb: /usr/share/tor/geoip)",
-    )
-    authority.add_argument(
-        "--geoip6",
-        type=Path,
-        metavar="FILE",
-        help="Tor-format IPv6 GeoIP file (/usr/share/tor/geoip6)",
-    )
+    _add_geoip_options(authority, "relay countries")
     authority.add_argument(
         "--test-network",
         action="store_true",
@@ -317,9 +305,38 @@ def _add_country_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_geoip_options(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """--geoip, --geoip6 and --geoip-mmdb (authorities and clients)."""
+    parser.add_argument(
+        "--geoip",
+        type=Path,
+        metavar="FILE",
+        help=f"Tor-format IPv4 GeoIP file for {purpose} "
+        "(Debian's tor-geoipdb: /usr/share/tor/geoip)",
+    )
+    parser.add_argument(
+        "--geoip6",
+        type=Path,
+        metavar="FILE",
+        help="Tor-format IPv6 GeoIP file (/usr/share/tor/geoip6)",
+    )
+    parser.add_argument(
+        "--geoip-mmdb",
+        type=Path,
+        metavar="FILE",
+        help=f"MaxMind DB country file (.mmdb, e.g. GeoLite2-Country) for {purpose}; "
+        "with --geoip/--geoip6 too, the .mmdb answers first",
+    )
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """Options of the client that ``hopchain demo`` hands to its client too."""
     _add_country_options(parser)
+    _add_geoip_options(
+        parser,
+        "the egress check: an exit's outgoing address must lie in the "
+        "--exit-country countries (default: the country the consensus lists)",
+    )
     parser.add_argument(
         "--strict-countries",
         action="store_true",
@@ -404,6 +421,10 @@ def _client_argv(args: argparse.Namespace) -> list[str]:
             argv += [flag, ",".join(sorted(codes))]
     if args.strict_countries:
         argv.append("--strict-countries")
+    for flag in ("--geoip", "--geoip6", "--geoip-mmdb"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None:
+            argv += [flag, str(path.resolve())]
     return argv
 
 
@@ -501,10 +522,12 @@ def _identities(texts: list[str]) -> frozenset[bytes]:
     return frozenset(keys)
 
 
-def _load_geoip(v4: Path | None, v6: Path | None) -> "GeoIPDatabase | None":
+def _load_geoip(args: argparse.Namespace) -> "GeoIPDatabase | None":
+    """The GeoIP files named by --geoip/--geoip6/--geoip-mmdb, parsed."""
     from hopchain.geoip import GeoIPDatabase
 
-    if v4 is None and v6 is None:
+    v4, v6, mmdb = args.geoip, args.geoip6, args.geoip_mmdb
+    if v4 is None and v6 is None and mmdb is None:
         return None
     texts = []
     for path in (v4, v6):
@@ -513,7 +536,13 @@ def _load_geoip(v4: Path | None, v6: Path | None) -> "GeoIPDatabase | None":
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read GeoIP file {path}: {exc}") from exc
     db = GeoIPDatabase.from_tor_files(texts[0], texts[1], names=(str(v4), str(v6)))
-    logger.info("GeoIP: %d address ranges", len(db))
+    if mmdb is not None:
+        try:
+            data = mmdb.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read GeoIP file {mmdb}: {exc}") from exc
+        db.add_mmdb(data, name=str(mmdb))
+    logger.info("GeoIP: %d address ranges or tree nodes", len(db))
     return db
 
 
@@ -533,7 +562,7 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         args.port,
         TcpNetwork(),
         test_network=args.test_network,
-        geoip=_load_geoip(args.geoip, args.geoip6),
+        geoip=_load_geoip(args),
         bad_exits=_identities(args.bad_exit),
     )
 

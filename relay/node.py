@@ -477,7 +477,7 @@ class RelayNode:
             return
         stream = CircuitStream(sid, circuit.core, send, circuit.credit)
         circuit.streams[sid] = stream
-        send([circuit.core.originate(Connected(sid, address))])
+        send([circuit.core.originate(Connected(sid, address, egress_of(socket)))])
         if sid in circuit.half_closed:
             circuit.half_closed.discard(sid)
             stream.remote_end()
@@ -612,6 +612,20 @@ class RelayNode:
         except trio.TooSlowError as exc:
             raise StreamError("connect timed out", EndReason.TIMEOUT) from exc
         raise StreamError("connect failed", _reason_for(last))
+
+
+def egress_of(stream: trio.abc.Stream) -> str:
+    """The local address of an exit's outbound socket: the address the
+    destination sees, reported in CONNECTED for the client's egress check
+    ("" for a stream that is not a socket, as in-memory networks give)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        local = sock.getsockname() if sock is not None else None
+    except OSError:
+        return ""
+    if not isinstance(local, tuple) or not isinstance(local[0], str):
+        return ""
+    return local[0].split("%", 1)[0]
 
 
 def _reason_for(exc: OSError | None) -> EndReason:
