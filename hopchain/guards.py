@@ -11,7 +11,8 @@ keeps a few guards for weeks (Tor's guard-spec, much simplified).
   not waiting for a retry is used.
 * When none of them is usable, path selection picks a new one (bandwidth
   weighted, avoiding the guards that are down); ``after_use`` then adds it,
-  dropping the oldest reachable guards beyond the cap.
+  dropping the oldest reachable guards beyond the cap (never the one just
+  used: a guard that comes back may push out one added while it was down).
 * A guard the client cannot reach (``failed``) is marked unreachable and
   skipped, so the next guard is used meanwhile; it is tried again on the
   ``RETRY_SCHEDULE`` counted from when it first failed, and a circuit built
@@ -104,7 +105,7 @@ class GuardSet:
         )
         if not any(g.identity == identity for g in kept):
             kept += (Guard(identity, now, now + rng.uniform(*LIFETIME)),)
-        return GuardSet(_trim(kept))
+        return GuardSet(_trim(kept, identity))
 
     def failed(self, identity: bytes, now: float) -> "GuardSet":
         """The set after the client could not reach ``identity`` (a guard
@@ -181,10 +182,12 @@ def _optional_time(value: object) -> float | None:
     return float(value)
 
 
-def _trim(guards: tuple[Guard, ...]) -> tuple[Guard, ...]:
-    """Keep the newest ``MAX_GUARDS`` reachable guards and the
-    ``MAX_UNREACHABLE`` unreachable ones that went down last, in order."""
+def _trim(guards: tuple[Guard, ...], used: bytes | None = None) -> tuple[Guard, ...]:
+    """Keep the newest ``MAX_GUARDS`` reachable guards (always the one just
+    ``used``) and the ``MAX_UNREACHABLE`` unreachable ones that went down
+    last, in order."""
     reachable = [g for g in guards if g.unreachable_since is None]
+    reachable.sort(key=lambda g: g.identity == used)  # stable: used goes last
     down = sorted(
         (g for g in guards if g.unreachable_since is not None),
         key=lambda g: g.unreachable_since or 0.0,
