@@ -27,8 +27,10 @@ from hopchain.relay.net import Network, bound_port, wall_clock
 
 from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
 from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
+from hopchain.geoip import GeoIPDatabase
 from hopchain.guards import GuardSet
 from hopchain.path import CountryRules, PathConstraints, exit_choice, select_path
+from hopchain.predicted import MAX_CLEAN
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ class ClientConfig:
     http: HttpOptions = field(default_factory=HttpOptions)
     data_dir: Path | None = None
     countries: CountryRules = field(default_factory=CountryRules)
+    geoip: GeoIPDatabase | None = None
+    predicted_circuits: int = MAX_CLEAN
 
     @property
     def control_path(self) -> Path | None:
@@ -276,12 +280,17 @@ class ClientNode:
                 countries=self.config.countries,
                 guards=await trio.to_thread.run_sync(self._load_guards),
                 on_guards_changed=self._save_guards,
+                geoip=self.config.geoip,
+                max_clean=self.config.predicted_circuits,
             )
             self.manager = manager
             try:
                 await manager.circuit_for(self.config.warm_port)
             except (CircuitError, DirectoryError, PathSelectionError) as exc:
                 logger.warning("first circuit failed: %s", exc)
+            # As Tor, predict the warm-up port at start.
+            manager.predicted.seen(self.config.warm_port, trio.current_time())
+            nursery.start_soon(manager.keep_circuits_ready)
             nursery.start_soon(self._refresh_loop)
             if listeners:
                 socks = SocksListener(manager, self.config.socks, self.stats)

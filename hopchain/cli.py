@@ -637,6 +637,7 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         http_port=None if args.no_http else args.http_port,
         http=_http_options(args),
         countries=_country_rules(args),
+        geoip=_load_geoip(args),
     )
     _warn_if_public_http(args)
     node = ClientNode(config, TcpNetwork(), random.SystemRandom())
