@@ -640,7 +640,12 @@ class CircuitManager:
         self._wake.set()
         refusal = ""
         for attempt in range(2):
-            handle = await self.circuit_for(port, isolation)
+            try:
+                handle = await self.circuit_for(port, isolation)
+            except PathSelectionError as exc:
+                if not refusal:
+                    raise
+                raise StreamError(f"{refusal}; {exc}", EndReason.EXIT_POLICY) from exc
             handle.attach(trio.current_time())
             sid, body = handle.core.open_stream(host, port)
             stream = CircuitStream(sid, handle.core, handle.send, handle.credit)
@@ -747,10 +752,14 @@ class CircuitManager:
         for _ in range(self.max_clean):
             now = trio.current_time()
             self._retire_idle(now)
+            refused = self._constraints(None, None).avoid_exits
             clean = [
                 h.exit
                 for h in self._circuits.values()
-                if h.is_clean_at(now) and h.epoch == self.epoch and h.isolation is None
+                if h.is_clean_at(now)
+                and h.epoch == self.epoch
+                and h.isolation is None
+                and h.exit.identity not in refused
             ]
             todo = ports_to_prepare(self.predicted.ports(now), clean, self.max_clean)
             if not todo:
