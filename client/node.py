@@ -16,7 +16,12 @@ from typing import Final
 
 import trio
 from hopchain.client.circuits import CircuitManager
-from hopchain.client.control import ControlServer, open_control_listener
+from hopchain.client.control import (
+    ControlServer,
+    cookie_path,
+    open_control_listener,
+    write_cookie,
+)
 from hopchain.client.http import HttpListener, HttpOptions
 from hopchain.client.socks import SocksListener, SocksOptions
 from hopchain.client.stats import ClientStats
@@ -264,9 +269,11 @@ class ClientNode:
             )
             self.http_port = bound_port(http_listeners)
         control = None
+        cookie = b""
         if self.config.control_path is not None:
             assert self.config.data_dir is not None
             ensure_private_dir(self.config.data_dir)
+            cookie = write_cookie(cookie_path(self.config.control_path))
             control = await open_control_listener(self.config.control_path)
         async with trio.open_nursery() as nursery:
             manager = CircuitManager(
@@ -309,7 +316,7 @@ class ClientNode:
                     self.http_port,
                 )
             if control is not None:
-                server = ControlServer(self.status, manager.newnym)
+                server = ControlServer(self.status, manager.newnym, cookie)
                 nursery.start_soon(trio.serve_listeners, server.handle, [control])
             task_status.started(self.socks_port or 0)
 

@@ -262,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("doctor", "report what a running client sees, in plain words"),
         ("newnym", "make a running client use new circuits for new streams"),
+        (
+            "circuits",
+            "list a running client's circuits: each hop's nickname, "
+            "fingerprint, country and flags; age, state and streams",
+        ),
     ):
         command = sub.add_parser(
             name, help=text, description=text[0].upper() + text[1:] + "."
@@ -700,6 +705,7 @@ def _exits(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
 
 
 def _control_command(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.client.circuitlist import circuit_list
     from hopchain.client.control import request
     from hopchain.client.doctor import report
     from hopchain.client.node import CONTROL_SOCKET
@@ -707,12 +713,15 @@ def _control_command(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     path = args.data_dir / CONTROL_SOCKET
 
     async def run() -> None:
-        reply = await request(path, "status" if args.command == "doctor" else "newnym")
+        reply = await request(path, "newnym" if args.command == "newnym" else "status")
         if not reply.get("ok"):
             raise ConfigError(f"the client refused: {reply.get('error')}")
+        status = reply.get("status")
+        status = status if isinstance(status, dict) else {}
         if args.command == "doctor":
-            status = reply.get("status")
-            print(report(status if isinstance(status, dict) else {}), flush=True)
+            print(report(status), flush=True)
+        elif args.command == "circuits":
+            print(circuit_list(status), flush=True)
         else:
             print("ok: new streams will use new circuits", flush=True)
 
@@ -748,6 +757,7 @@ _COMMANDS = {
     "exits": _exits,
     "doctor": _control_command,
     "newnym": _control_command,
+    "circuits": _control_command,
 }
 
 
