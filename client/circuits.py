@@ -455,8 +455,11 @@ class CircuitManager:
 
     def _stale(self, handle: ClientCircuitHandle, now: float) -> bool:
         """Retired for new streams: first used a dirtiness period ago, clean
-        for ``CLEAN_LIFETIME``, or built before the last NEWNYM."""
+        for ``CLEAN_LIFETIME``, built before the last NEWNYM, or through an
+        exit the egress check refused for the client's standing rules."""
         if handle.epoch != self.epoch:
+            return True
+        if handle.exit.identity in self._constraints(None, None).avoid_exits:
             return True
         if handle.dirty_since is None:
             return now - handle.built_at >= CLEAN_LIFETIME
