@@ -459,11 +459,17 @@ class CircuitManager:
         exit the egress check refused for the client's standing rules."""
         if handle.epoch != self.epoch:
             return True
-        if handle.exit.identity in self._constraints(None, None).avoid_exits:
+        if handle.exit.identity in self._refused_for_standing_rules():
             return True
         if handle.dirty_since is None:
             return now - handle.built_at >= CLEAN_LIFETIME
         return now - handle.dirty_since >= self._dirtiness
+
+    def _refused_for_standing_rules(self) -> set[bytes]:
+        """Exits the egress check refused for the client's own country rules."""
+        rules = self._countries
+        key = (rules.exit_countries, rules.exclude_exit, rules.exclude_anywhere)
+        return self._egress_refused.get(key, set())
 
     def _retire_idle(self, now: float) -> None:
         """Destroy idle circuits that are stale (see ``_stale``)."""
@@ -754,15 +760,11 @@ class CircuitManager:
         """One pass; returns its error ("" if none), logged when new."""
         for _ in range(self.max_clean):
             now = trio.current_time()
-            self._retire_idle(now)
-            refused = self._constraints(None, None).avoid_exits
+            self._retire_idle(now)  # also the idle ones through refused exits
             clean = [
                 h.exit
                 for h in self._circuits.values()
-                if h.is_clean_at(now)
-                and h.epoch == self.epoch
-                and h.isolation is None
-                and h.exit.identity not in refused
+                if h.is_clean_at(now) and h.epoch == self.epoch and h.isolation is None
             ]
             todo = ports_to_prepare(self.predicted.ports(now), clean, self.max_clean)
             if not todo:
