@@ -339,14 +339,16 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     _add_country_options(parser)
     _add_geoip_options(
         parser,
-        "the egress check: an exit's outgoing address must lie in the "
-        "--exit-country countries (default: the country the consensus lists)",
+        "the egress check of exits' outgoing addresses (without: the "
+        "country the directory lists)",
     )
     parser.add_argument(
         "--strict-countries",
         action="store_true",
         help="refuse a stream when no exit fits the country options, instead of "
-        "falling back to any exit (the fallback is logged)",
+        "falling back to any exit (the fallback is logged); also refuse an exit "
+        "whose outgoing address lies elsewhere (the egress check, otherwise "
+        "only logged) and retry the stream on another",
     )
     parser.add_argument(
         "--hops",
