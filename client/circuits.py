@@ -2,10 +2,20 @@
 
 Circuits are built hop by hop (CREATE to the guard, then EXTEND in
 RELAY_EARLY cells) along a path from ``hopchain.path.select_path``.  A new
-stream reuses the newest open circuit whose exit accepts its port and its
-country constraints, that is younger than the dirtiness period, was built
-since the last NEWNYM, and is unused or bound to the stream's isolation key;
-otherwise a circuit is built for it.
+stream reuses an open circuit whose exit accepts its port and its country
+constraints, was built since the last NEWNYM, is unused or bound to the
+stream's isolation key, and, once used, was first used less than the
+dirtiness period ago (Tor's MaxCircuitDirtiness); circuits already in use
+come first (as in Tor, to keep clean ones for later), newest first.
+Otherwise a circuit is built for it.
+
+``keep_circuits_ready`` keeps clean circuits for the ports streams used in
+the last hour (``hopchain.predicted``); a clean circuit is retired after
+``CLEAN_LIFETIME`` unused.  A guard that cannot be reached is marked down in
+the guard set (``hopchain.guards``) and retried on its schedule.  With
+country rules, each CONNECTED's egress address is checked
+(``hopchain.egress``): a mismatch is logged and, under --strict-countries,
+the exit is refused for those rules and the stream retried once on another.
 Link readers handle every incoming cell synchronously; stream tasks wait on
 one-shot ``_Reply`` objects for CREATED/EXTENDED/CONNECTED/RESOLVED.
 ``resolve`` asks an exit (any exit: a RESOLVE has no port) to resolve a name
@@ -27,13 +37,17 @@ from hopchain.relay.stream import CircuitStream, CreditSignal, forget_if_ended
 
 from hopchain.buildtime import BuildTimes
 from hopchain.circuit import CircuitState, ClientCircuit, HopSpec
+from hopchain.crypto.keys import fingerprint
 from hopchain.directory import Consensus, Descriptor
+from hopchain.egress import check_egress
 from hopchain.errors import (
     CircuitError,
+    DirectoryError,
     PathSelectionError,
     ProtocolError,
     StreamError,
 )
+from hopchain.geoip import GeoIPDatabase
 from hopchain.guards import GuardSet
 from hopchain.isolation import IsolationKey
 from hopchain.messages import (
@@ -47,12 +61,26 @@ from hopchain.messages import (
     Truncated,
 )
 from hopchain.path import CountryRules, PathConstraints, select_path
+from hopchain.predicted import MAX_CLEAN, PredictedPorts, ports_to_prepare
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
 
 STREAM_TIMEOUT: Final = 30.0
 BUILD_ATTEMPTS: Final = 3
+CLEAN_LIFETIME: Final = 3600.0
+PREDICT_INTERVAL: Final = 30.0
+
+_RuleKey = tuple[frozenset[str], frozenset[str], frozenset[str]]
+
+
+def _rule_key(constraints: PathConstraints) -> _RuleKey:
+    """The country rules of a stream, as a key for refused exits."""
+    return (
+        constraints.exit_countries,
+        constraints.exclude_exit_countries,
+        constraints.exclude_countries_anywhere,
+    )
 
 
 class _Reply:
@@ -75,6 +103,14 @@ class _Reply:
 _CLOSED: Final = object()
 
 
+@dataclass
+class _Progress:
+    """How far a build got: a failure before the first hop answered counts
+    against the guard."""
+
+    first_hop_done: bool = False
+
+
 @dataclass(eq=False)
 class ClientCircuitHandle:
     """A circuit as the client shell sees it."""
@@ -83,7 +119,9 @@ class ClientCircuitHandle:
     link: Link
     circ_id: int
     exit: Descriptor
+    path: tuple[Descriptor, ...] = ()
     built_at: float = 0.0
+    dirty_since: float | None = None
     streams: dict[int, CircuitStream] = field(default_factory=dict)
     waiting: dict[int, _Reply] = field(default_factory=dict)
     credit: CreditSignal = field(default_factory=CreditSignal)
@@ -101,6 +139,19 @@ class ClientCircuitHandle:
     def exit_label(self) -> str:
         """The exit's nickname and country, for status output."""
         return f"{self.exit.nickname} ({self.exit.country or '??'})"
+
+    def attach(self, now: float) -> None:
+        """A stream uses the circuit: it is dirty from now on (once)."""
+        if self.dirty_since is None:
+            self.dirty_since = now
+
+    def is_clean_at(self, now: float) -> bool:
+        """Open, never used by a stream, and not past ``CLEAN_LIFETIME``."""
+        return (
+            self.is_open
+            and self.dirty_since is None
+            and now - self.built_at < CLEAN_LIFETIME
+        )
 
     @property
     def is_open(self) -> bool:
@@ -140,6 +191,8 @@ class CircuitManager:
         countries: CountryRules | None = None,
         guards: GuardSet | None = None,
         on_guards_changed: Callable[[GuardSet], None] | None = None,
+        geoip: GeoIPDatabase | None = None,
+        max_clean: int = MAX_CLEAN,
     ) -> None:
         self._network = network
         self._countries = countries or CountryRules()
@@ -158,6 +211,13 @@ class CircuitManager:
         self._circuits: dict[tuple[Link, int], ClientCircuitHandle] = {}
         self.built = 0
         self.epoch = 0
+        self._geoip = geoip
+        self.max_clean = max_clean
+        self.predicted = PredictedPorts()
+        self._wake = trio.Event()
+        self._pass_done = trio.Event()
+        self._egress_refused: dict[_RuleKey, set[bytes]] = {}
+        self._egress_warned: set[tuple[_RuleKey, bytes]] = set()
 
     def newnym(self) -> None:
         """New streams get new circuits from now on (Tor's NEWNYM).
@@ -198,10 +258,14 @@ class CircuitManager:
         now = trio.current_time()
         self._retire_idle(now)
         constraints = self._constraints(port, isolation)
-        for handle in sorted(self._circuits.values(), key=lambda h: -h.built_at):
+        in_use_first = sorted(
+            self._circuits.values(), key=lambda h: (h.dirty_since is None, -h.built_at)
+        )
+        for handle in in_use_first:
             if (
                 handle.is_open
-                and now - handle.built_at < self._dirtiness
+                and not self._stale(handle, now)
+                and handle.exit.identity not in constraints.avoid_exits
                 and (port is None or handle.exit.allows_exit_to(port))
                 and handle.isolation in (None, isolation)
                 and handle.epoch == self.epoch
@@ -225,6 +289,8 @@ class CircuitManager:
         excluded = isolation.exclude_exit_countries if isolation else frozenset()
         if not (wanted or excluded) and not fallback:
             wanted, excluded = rules.exit_countries, rules.exclude_exit
+        now = wall_clock()
+        refused = self._egress_refused.get((wanted, excluded, rules.exclude_anywhere))
         return PathConstraints(
             hops=self._hops,
             port=port,
@@ -232,7 +298,9 @@ class CircuitManager:
             exit_countries=wanted,
             exclude_exit_countries=excluded,
             exclude_countries_anywhere=rules.exclude_anywhere,
-            guards=self.guards.preferred(wall_clock()),
+            guards=self.guards.preferred(now),
+            avoid_exits=frozenset(refused or ()),
+            avoid_guards=self.guards.waiting(now),
         )
 
     @staticmethod
@@ -282,9 +350,24 @@ class CircuitManager:
 
     async def _remember_guard(self, identity: bytes) -> None:
         """Keep the guard a circuit was just built through (see guards.py)."""
-        if self._hops < 2:
-            return  # a one-hop circuit's first hop is its exit, not a guard
-        updated = self.guards.after_use(identity, wall_clock(), self._rng)
+        if self._hops >= 2:  # a one-hop circuit's first hop is its exit
+            await self._set_guards(
+                self.guards.after_use(identity, wall_clock(), self._rng)
+            )
+
+    async def _guard_failed(self, guard: Descriptor) -> None:
+        """The first hop could not be reached: if it is one of our guards, it
+        is skipped until its retry time (see guards.py)."""
+        if self._hops >= 2:
+            updated = self.guards.failed(guard.identity, wall_clock())
+            if updated != self.guards:
+                logger.warning(
+                    "guard %s is unreachable; using the next guard until its retry",
+                    guard.nickname,
+                )
+            await self._set_guards(updated)
+
+    async def _set_guards(self, updated: GuardSet) -> None:
         if updated == self.guards:
             return
         self.guards = updated
@@ -305,8 +388,9 @@ class CircuitManager:
         for _ in range(BUILD_ATTEMPTS):
             path, fallback = self._select(port, isolation)
             started = trio.current_time()
+            progress = _Progress()
             try:
-                handle = await self._build_path(path)
+                handle = await self._build_path(path, progress)
             except (
                 CircuitError,
                 ProtocolError,
@@ -316,6 +400,8 @@ class CircuitManager:
             ) as exc:
                 logger.info("circuit build failed: %s", exc)
                 last = exc
+                if not progress.first_hop_done:
+                    await self._guard_failed(path[0])
                 continue
             handle.built_at = trio.current_time()
             handle.fallback = fallback
@@ -331,14 +417,16 @@ class CircuitManager:
             return handle
         raise CircuitError(f"could not build a circuit: {last}")
 
-    async def _build_path(self, path: list[Descriptor]) -> ClientCircuitHandle:
+    async def _build_path(
+        self, path: list[Descriptor], progress: "_Progress"
+    ) -> ClientCircuitHandle:
         specs = [HopSpec(d.identity, d.onion_key, d.address, d.or_port) for d in path]
         with trio.fail_after(self.build_times.timeout):
             link = await self._link_to(path[0])
             circ_id = self._new_circ_id(link)
             core = ClientCircuit()
             handle = ClientCircuitHandle(
-                core, link, circ_id, path[-1], on_overflow=self._destroy
+                core, link, circ_id, path[-1], tuple(path), on_overflow=self._destroy
             )
             self._circuits[(link, circ_id)] = handle
             try:
@@ -352,6 +440,7 @@ class CircuitManager:
                 if not isinstance(reply, bytes):
                     raise CircuitError("guard refused the circuit")
                 core.on_created(reply)
+                progress.first_hop_done = True
                 for spec in specs[1:]:
                     handle.build_reply = _Reply()
                     handle.send(
@@ -364,12 +453,28 @@ class CircuitManager:
                 raise
         return handle
 
+    def _stale(self, handle: ClientCircuitHandle, now: float) -> bool:
+        """Retired for new streams: first used a dirtiness period ago, clean
+        for ``CLEAN_LIFETIME``, built before the last NEWNYM, or through an
+        exit the egress check refused for the client's standing rules."""
+        if handle.epoch != self.epoch:
+            return True
+        if handle.exit.identity in self._refused_for_standing_rules():
+            return True
+        if handle.dirty_since is None:
+            return now - handle.built_at >= CLEAN_LIFETIME
+        return now - handle.dirty_since >= self._dirtiness
+
+    def _refused_for_standing_rules(self) -> set[bytes]:
+        """Exits the egress check refused for the client's own country rules."""
+        rules = self._countries
+        key = (rules.exit_countries, rules.exclude_exit, rules.exclude_anywhere)
+        return self._egress_refused.get(key, set())
+
     def _retire_idle(self, now: float) -> None:
-        """Destroy idle circuits that are past the dirtiness period or NEWNYM."""
+        """Destroy idle circuits that are stale (see ``_stale``)."""
         for handle in list(self._circuits.values()):
-            stale = (
-                now - handle.built_at >= self._dirtiness or handle.epoch != self.epoch
-            )
+            stale = self._stale(handle, now)
             if handle.is_open and stale and not handle.streams and not handle.waiting:
                 self._destroy(handle)
 
@@ -390,12 +495,18 @@ class CircuitManager:
         handle.credit.fire()
 
     def describe(self) -> list[dict[str, object]]:
-        """The open circuits, for status output (no destinations)."""
+        """The circuits, for status output and ``hopchain circuits`` (no
+        destinations): each hop's nickname, fingerprint prefix, country and
+        consensus flags; age, state and stream count."""
         now = trio.current_time()
+        try:
+            flags = {r.descriptor.identity: r.flags for r in self._consensus().relays}
+        except DirectoryError:
+            flags = {}
         groups: dict[IsolationKey | None, int] = {}
         out: list[dict[str, object]] = []
         for handle in self._circuits.values():
-            if not handle.is_open:
+            if handle.core.state is CircuitState.CLOSED or handle.link.closed:
                 continue
             group = groups.setdefault(handle.isolation, len(groups))
             out.append(
@@ -403,13 +514,32 @@ class CircuitManager:
                     "id": handle.circ_id,
                     "exit": handle.exit_label,
                     "hops": len(handle.core.hops),
-                    "age_s": round(now - handle.built_at, 1),
+                    "path": [
+                        {
+                            "nickname": d.nickname,
+                            "fingerprint": fingerprint(d.identity),
+                            "country": d.country or "??",
+                            "flags": sorted(flags.get(d.identity, ())),
+                        }
+                        for d in handle.path
+                    ],
+                    "state": self._state_of(handle, now),
+                    "age_s": round(now - handle.built_at, 1) if handle.built_at else 0,
                     "streams": len(handle.streams),
                     "isolation_group": group,
                     "fresh": handle.epoch == self.epoch,
                 }
             )
         return out
+
+    def _state_of(self, handle: ClientCircuitHandle, now: float) -> str:
+        """building; clean (never used); in use (takes new streams); or
+        retiring (stale: no new streams, closed once idle)."""
+        if not handle.is_open:
+            return "building"
+        if self._stale(handle, now):
+            return "retiring"
+        return "clean" if handle.dirty_since is None else "in use"
 
     def close_all(self) -> None:
         """Destroy every circuit (bench/circuit_build.py cleans up with it)."""
@@ -515,8 +645,17 @@ class CircuitManager:
             StreamError: the exit refused or could not connect (with reason).
             CircuitError, DirectoryError, PathSelectionError: no circuit.
         """
+        self.predicted.seen(port, trio.current_time())
+        self._wake.set()
+        refusal = ""
         for attempt in range(2):
-            handle = await self.circuit_for(port, isolation)
+            try:
+                handle = await self.circuit_for(port, isolation)
+            except PathSelectionError as exc:
+                if not refusal:
+                    raise
+                raise StreamError(f"{refusal}; {exc}", EndReason.EXIT_POLICY) from exc
+            handle.attach(trio.current_time())
             sid, body = handle.core.open_stream(host, port)
             stream = CircuitStream(sid, handle.core, handle.send, handle.credit)
             waiter = _Reply()
@@ -526,7 +665,14 @@ class CircuitManager:
             with trio.move_on_after(STREAM_TIMEOUT):
                 result = await waiter.wait()
                 if isinstance(result, Connected):
-                    return handle, stream
+                    refusal = self._egress_refusal(handle, result, port, isolation)
+                    if not refusal:
+                        return handle, stream
+                    await stream.aclose()
+                    self.release(handle, stream)
+                    if attempt == 0:
+                        logger.info("retrying the stream on another exit")
+                    continue
                 handle.streams.pop(sid, None)
                 if isinstance(result, End):
                     raise StreamError(
@@ -540,7 +686,99 @@ class CircuitManager:
             handle.waiting.pop(sid, None)
             handle.send(handle.core.end_stream(sid, EndReason.TIMEOUT))
             raise StreamError("exit did not answer in time", EndReason.TIMEOUT)
+        if refusal:
+            raise StreamError(refusal, EndReason.EXIT_POLICY)
         raise StreamError("circuit closed before connected", EndReason.DESTROYED)
+
+    def _egress_refusal(
+        self,
+        handle: ClientCircuitHandle,
+        connected: Connected,
+        port: int,
+        isolation: IsolationKey | None,
+    ) -> str:
+        """Check the exit's egress against the stream's country rules (see
+        ``hopchain.egress``).  A mismatch is logged (once per exit and
+        rules); under --strict-countries (or the API's own countries) the
+        exit is refused for those rules from now on, and the reason is
+        returned ("" to go ahead)."""
+        constraints = self._constraints(port, isolation)
+        limited = (
+            constraints.exit_countries
+            or constraints.exclude_exit_countries
+            or constraints.exclude_countries_anywhere
+        )
+        if handle.fallback or not limited:
+            return ""
+        verdict = check_egress(connected.egress, handle.exit, constraints, self._geoip)
+        if verdict.ok:
+            return ""
+        key = _rule_key(constraints)
+        if not (self._countries.strict or self._own_countries(isolation)):
+            if (key, handle.exit.identity) not in self._egress_warned:
+                self._egress_warned.add((key, handle.exit.identity))
+                logger.warning(
+                    "egress check failed: %s; using it anyway "
+                    "(--strict-countries refuses such exits)",
+                    verdict.reason,
+                )
+            return ""
+        self._egress_refused.setdefault(key, set()).add(handle.exit.identity)
+        logger.warning(
+            "egress check failed: %s; exit refused for these country rules "
+            "(--strict-countries)",
+            verdict.reason,
+        )
+        return f"egress check failed: {verdict.reason}"
+
+    # --- predicted ports -----------------------------------------------------
+
+    async def keep_circuits_ready(self) -> None:
+        """Keep clean circuits for the predicted ports, until cancelled.
+
+        A pass runs after each new stream and every ``PREDICT_INTERVAL``
+        seconds; it builds one circuit at a time, for the first predicted
+        port no clean circuit serves, within ``max_clean`` clean circuits.
+        A failed build ends the pass (the next one retries).
+        """
+        last_error = ""
+        while True:
+            self._wake = trio.Event()
+            done = self._pass_done
+            last_error = await self._prepare_predicted(last_error)
+            done.set()
+            self._pass_done = trio.Event()
+            with trio.move_on_after(PREDICT_INTERVAL):
+                await self._wake.wait()
+
+    async def prepared(self) -> None:
+        """Wait until the current (or next) pass of ``keep_circuits_ready``
+        has ended."""
+        await self._pass_done.wait()
+
+    async def _prepare_predicted(self, last_error: str) -> str:
+        """One pass; returns its error ("" if none), logged when new."""
+        for _ in range(self.max_clean):
+            now = trio.current_time()
+            self._retire_idle(now)  # also the idle ones through refused exits
+            clean = [
+                h.exit
+                for h in self._circuits.values()
+                if h.is_clean_at(now) and h.epoch == self.epoch and h.isolation is None
+            ]
+            todo = ports_to_prepare(self.predicted.ports(now), clean, self.max_clean)
+            if not todo:
+                return ""
+            try:
+                async with self._build_lock:
+                    await self.build(todo[0])
+            except (CircuitError, DirectoryError, PathSelectionError) as exc:
+                if str(exc) != last_error:
+                    logger.info(
+                        "could not build a circuit ahead for port %d: %s", todo[0], exc
+                    )
+                return str(exc)
+        return ""
 
     async def resolve(
         self, query: str, *, ptr: bool, isolation: IsolationKey | None = None
@@ -557,6 +795,7 @@ class CircuitManager:
         try:
             for attempt in range(2):
                 handle = await self.circuit_for(None, isolation)
+                handle.attach(trio.current_time())
                 result = await self._resolve_on(handle, query, ptr)
                 if isinstance(result, Resolved):
                     if result.reason is None:

@@ -1,20 +1,30 @@
-"""The client's control socket: status for ``hopchain doctor``, and NEWNYM.
+"""The client's control socket: status for ``hopchain doctor`` and
+``hopchain circuits``, and NEWNYM.
 
-A Unix socket in the client's private data directory (mode 0700), so only
-the user who runs the client can use it; no password is needed.  The
+A Unix socket in the client's private data directory (mode 0700, the socket
+0600), so only the user who runs the client can reach it.  Every request
+also carries the control cookie, as Tor's CookieAuthentication does: 32
+random bytes the client writes to ``control.authcookie`` (0600) beside the
+socket at each start, which a controller reads and sends in hex.  That
+keeps a process which can reach the socket but not read the data directory
+(a socket path handed out by mistake, a container bind mount) out.  The
 protocol is one JSON object per line each way:
 
-    {"command": "status"}  ->  {"ok": true, "status": {...}}
-    {"command": "newnym"}  ->  {"ok": true}
-    anything else          ->  {"ok": false, "error": "..."}
+    {"command": "status", "cookie": HEX}  ->  {"ok": true, "status": {...}}
+    {"command": "newnym", "cookie": HEX}  ->  {"ok": true}
+    a missing or wrong cookie             ->  {"ok": false, "error": "..."}
+    anything else                         ->  {"ok": false, "error": "..."}
 
-Status holds counts only (see ``ClientStats``) plus the open circuits' exits;
-it never holds destinations or client addresses.
+Status holds counts only (see ``ClientStats``) plus the circuits (each hop's
+nickname, fingerprint prefix, country and flags; state, age, streams); it
+never holds destinations or addresses.
 """
 
+import hmac
 import json
 import logging
 import os
+import secrets
 import socket
 import stat
 from collections.abc import Callable
@@ -29,6 +39,24 @@ logger = logging.getLogger(__name__)
 
 MAX_REQUEST: Final = 4096
 REQUEST_TIMEOUT: Final = 10.0
+COOKIE_FILE: Final = "control.authcookie"
+COOKIE_BYTES: Final = 32
+
+
+def cookie_path(socket_path: Path) -> Path:
+    """Where the cookie of the control socket at ``socket_path`` lives."""
+    return socket_path.with_name(COOKIE_FILE)
+
+
+def write_cookie(path: Path) -> bytes:
+    """A fresh cookie, written to ``path`` (0600, replacing the last one)."""
+    cookie = secrets.token_bytes(COOKIE_BYTES)
+    partial = path.with_suffix(".new")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(cookie)
+    os.replace(partial, path)
+    return cookie
 
 
 def _remove_stale_socket(path: Path) -> None:
@@ -56,10 +84,14 @@ class ControlServer:
     """Answers control requests with the given callbacks."""
 
     def __init__(
-        self, status: Callable[[], dict[str, object]], newnym: Callable[[], None]
+        self,
+        status: Callable[[], dict[str, object]],
+        newnym: Callable[[], None],
+        cookie: bytes,
     ) -> None:
         self._status = status
         self._newnym = newnym
+        self._cookie = cookie
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one control connection (one or more requests)."""
@@ -91,7 +123,18 @@ class ControlServer:
             request = json.loads(line)
         except ValueError:
             return {"ok": False, "error": "request is not JSON"}
-        command = request.get("command") if isinstance(request, dict) else None
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "request is not a JSON object"}
+        offered = request.get("cookie")
+        if not isinstance(offered, str) or not hmac.compare_digest(
+            offered.encode(), self._cookie.hex().encode()
+        ):
+            logger.warning("control request refused: missing or wrong cookie")
+            return {
+                "ok": False,
+                "error": f"missing or wrong cookie (see {COOKIE_FILE})",
+            }
+        command = request.get("command")
         if command == "status":
             return {"ok": True, "status": self._status()}
         if command == "newnym":
@@ -107,11 +150,13 @@ async def request(path: Path, command: str) -> dict[str, object]:
     Raises:
         ConfigError: no client listens there, or it answered garbage.
     """
+    message = {"command": command}
     try:
+        message["cookie"] = cookie_path(path).read_bytes().hex()
         with trio.fail_after(REQUEST_TIMEOUT):
             stream = await trio.open_unix_socket(os.fspath(path))
             async with stream:
-                await stream.send_all(json.dumps({"command": command}).encode() + b"\n")
+                await stream.send_all(json.dumps(message).encode() + b"\n")
                 buffer = b""
                 while not buffer.endswith(b"\n"):
                     data = await stream.receive_some(65536)

@@ -16,7 +16,12 @@ from typing import Final
 
 import trio
 from hopchain.client.circuits import CircuitManager
-from hopchain.client.control import ControlServer, open_control_listener
+from hopchain.client.control import (
+    ControlServer,
+    cookie_path,
+    open_control_listener,
+    write_cookie,
+)
 from hopchain.client.http import HttpListener, HttpOptions
 from hopchain.client.socks import SocksListener, SocksOptions
 from hopchain.client.stats import ClientStats
@@ -27,8 +32,10 @@ from hopchain.relay.net import Network, bound_port, wall_clock
 
 from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
 from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
+from hopchain.geoip import GeoIPDatabase
 from hopchain.guards import GuardSet
 from hopchain.path import CountryRules, PathConstraints, exit_choice, select_path
+from hopchain.predicted import MAX_CLEAN
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +81,8 @@ class ClientConfig:
     http: HttpOptions = field(default_factory=HttpOptions)
     data_dir: Path | None = None
     countries: CountryRules = field(default_factory=CountryRules)
+    geoip: GeoIPDatabase | None = None
+    predicted_circuits: int = MAX_CLEAN
 
     @property
     def control_path(self) -> Path | None:
@@ -260,9 +269,11 @@ class ClientNode:
             )
             self.http_port = bound_port(http_listeners)
         control = None
+        cookie = b""
         if self.config.control_path is not None:
             assert self.config.data_dir is not None
             ensure_private_dir(self.config.data_dir)
+            cookie = write_cookie(cookie_path(self.config.control_path))
             control = await open_control_listener(self.config.control_path)
         async with trio.open_nursery() as nursery:
             manager = CircuitManager(
@@ -276,12 +287,17 @@ class ClientNode:
                 countries=self.config.countries,
                 guards=await trio.to_thread.run_sync(self._load_guards),
                 on_guards_changed=self._save_guards,
+                geoip=self.config.geoip,
+                max_clean=self.config.predicted_circuits,
             )
             self.manager = manager
             try:
                 await manager.circuit_for(self.config.warm_port)
             except (CircuitError, DirectoryError, PathSelectionError) as exc:
                 logger.warning("first circuit failed: %s", exc)
+            # As Tor, predict the warm-up port at start.
+            manager.predicted.seen(self.config.warm_port, trio.current_time())
+            nursery.start_soon(manager.keep_circuits_ready)
             nursery.start_soon(self._refresh_loop)
             if listeners:
                 socks = SocksListener(manager, self.config.socks, self.stats)
@@ -300,7 +316,7 @@ class ClientNode:
                     self.http_port,
                 )
             if control is not None:
-                server = ControlServer(self.status, manager.newnym)
+                server = ControlServer(self.status, manager.newnym, cookie)
                 nursery.start_soon(trio.serve_listeners, server.handle, [control])
             task_status.started(self.socks_port or 0)
 

@@ -129,19 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark the relay with this identity key (hex, 64 digits) BadExit: "
         "clients never exit through it (repeatable)",
     )
-    authority.add_argument(
-        "--geoip",
-        type=Path,
-        metavar="FILE",
-        help="Tor-format IPv4 GeoIP file for relay countries "
-        "(Debian's tor-geoipdb: /usr/share/tor/geoip)",
-    )
-    authority.add_argument(
-        "--geoip6",
-        type=Path,
-        metavar="FILE",
-        help="Tor-format IPv6 GeoIP file (/usr/share/tor/geoip6)",
-    )
+    _add_geoip_options(authority, "relay countries")
     authority.add_argument(
         "--test-network",
         action="store_true",
@@ -286,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("doctor", "report what a running client sees, in plain words"),
         ("newnym", "make a running client use new circuits for new streams"),
+        (
+            "circuits",
+            "list a running client's circuits: each hop's nickname, "
+            "fingerprint, country and flags; age, state and streams",
+        ),
     ):
         command = sub.add_parser(
             name, help=text, description=text[0].upper() + text[1:] + "."
@@ -329,14 +322,45 @@ def _add_country_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def _add_geoip_options(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """--geoip, --geoip6 and --geoip-mmdb (authorities and clients)."""
+    parser.add_argument(
+        "--geoip",
+        type=Path,
+        metavar="FILE",
+        help=f"Tor-format IPv4 GeoIP file for {purpose} "
+        "(Debian's tor-geoipdb: /usr/share/tor/geoip)",
+    )
+    parser.add_argument(
+        "--geoip6",
+        type=Path,
+        metavar="FILE",
+        help="Tor-format IPv6 GeoIP file (/usr/share/tor/geoip6)",
+    )
+    parser.add_argument(
+        "--geoip-mmdb",
+        type=Path,
+        metavar="FILE",
+        help=f"MaxMind DB country file (.mmdb, e.g. GeoLite2-Country) for {purpose}; "
+        "with --geoip/--geoip6 too, the .mmdb answers first",
+    )
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """Options of the client that ``hopchain demo`` hands to its client too."""
     _add_country_options(parser)
+    _add_geoip_options(
+        parser,
+        "the egress check of exits' outgoing addresses (without: the "
+        "country the directory lists)",
+    )
     parser.add_argument(
         "--strict-countries",
         action="store_true",
         help="refuse a stream when no exit fits the country options, instead of "
-        "falling back to any exit (the fallback is logged)",
+        "falling back to any exit (the fallback is logged); also refuse an exit "
+        "whose outgoing address lies elsewhere (the egress check, otherwise "
+        "only logged) and retry the stream on another",
     )
     parser.add_argument(
         "--hops",
@@ -442,6 +466,10 @@ def _client_argv(args: argparse.Namespace) -> list[str]:
             argv += [flag, ",".join(sorted(codes))]
     if args.strict_countries:
         argv.append("--strict-countries")
+    for flag in ("--geoip", "--geoip6", "--geoip-mmdb"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None:
+            argv += [flag, str(path.resolve())]
     return argv
 
 
@@ -545,10 +573,12 @@ def _identities(texts: list[str]) -> frozenset[bytes]:
     return frozenset(keys)
 
 
-def _load_geoip(v4: Path | None, v6: Path | None) -> "GeoIPDatabase | None":
+def _load_geoip(args: argparse.Namespace) -> "GeoIPDatabase | None":
+    """The GeoIP files named by --geoip/--geoip6/--geoip-mmdb, parsed."""
     from hopchain.geoip import GeoIPDatabase
 
-    if v4 is None and v6 is None:
+    v4, v6, mmdb = args.geoip, args.geoip6, args.geoip_mmdb
+    if v4 is None and v6 is None and mmdb is None:
         return None
     texts = []
     for path in (v4, v6):
@@ -557,7 +587,13 @@ def _load_geoip(v4: Path | None, v6: Path | None) -> "GeoIPDatabase | None":
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read GeoIP file {path}: {exc}") from exc
     db = GeoIPDatabase.from_tor_files(texts[0], texts[1], names=(str(v4), str(v6)))
-    logger.info("GeoIP: %d address ranges", len(db))
+    if mmdb is not None:
+        try:
+            data = mmdb.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read GeoIP file {mmdb}: {exc}") from exc
+        db.add_mmdb(data, name=str(mmdb))
+    logger.info("GeoIP: %d address ranges or tree nodes", len(db))
     return db
 
 
@@ -577,7 +613,7 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         args.port,
         TcpNetwork(),
         test_network=args.test_network,
-        geoip=_load_geoip(args.geoip, args.geoip6),
+        geoip=_load_geoip(args),
         bad_exits=_identities(args.bad_exit),
     )
 
@@ -691,6 +727,7 @@ def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         http_port=None if args.no_http else args.http_port,
         http=_http_options(args),
         countries=_country_rules(args),
+        geoip=_load_geoip(args),
     )
     _warn_if_public_http(args)
     node = ClientNode(config, TcpNetwork(), random.SystemRandom())
@@ -753,6 +790,7 @@ def _exits(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
 
 
 def _control_command(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.client.circuitlist import circuit_list
     from hopchain.client.control import request
     from hopchain.client.doctor import report
     from hopchain.client.node import CONTROL_SOCKET
@@ -760,12 +798,15 @@ def _control_command(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     path = args.data_dir / CONTROL_SOCKET
 
     async def run() -> None:
-        reply = await request(path, "status" if args.command == "doctor" else "newnym")
+        reply = await request(path, "newnym" if args.command == "newnym" else "status")
         if not reply.get("ok"):
             raise ConfigError(f"the client refused: {reply.get('error')}")
+        status = reply.get("status")
+        status = status if isinstance(status, dict) else {}
         if args.command == "doctor":
-            status = reply.get("status")
-            print(report(status if isinstance(status, dict) else {}), flush=True)
+            print(report(status), flush=True)
+        elif args.command == "circuits":
+            print(circuit_list(status), flush=True)
         else:
             print("ok: new streams will use new circuits", flush=True)
 
@@ -809,6 +850,7 @@ _COMMANDS = {
     "exits": _exits,
     "doctor": _control_command,
     "newnym": _control_command,
+    "circuits": _control_command,
 }
 
 

@@ -9,17 +9,30 @@ Tor's format (Debian's tor-geoipdb package ships both files in
 Ranges are inclusive and sorted; ``??`` means unknown.  The tables are kept
 compact (IPv4 in ``array('I')``, IPv6 as 16-byte big-endian keys in one
 ``bytes`` blob) because the full files hold about 660,000 ranges, and a
-lookup is a binary search.  This module reads no files itself: the caller
-passes the text in.  MaxMind .mmdb files are not supported yet.
+lookup is a binary search.
+
+MaxMind DB files (``.mmdb``: GeoLite2-Country, GeoIP2-Country or City, and
+DB-IP's country files, which share MaxMind's layout) are read with the
+``maxminddb`` package from bytes in memory; a record's ``country.iso_code``
+(else ``registered_country.iso_code``) is its country.  A database may hold
+both kinds: the .mmdb answers first, the Tor ranges fill its gaps.
+
+This module reads no files itself: the caller passes the text or the bytes
+in (the shells read the files).
 """
 
 from __future__ import annotations  # array[int] is not subscriptable on 3.11
 
+import io
 import ipaddress
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import maxminddb
+from maxminddb.errors import InvalidDatabaseError
+from maxminddb.reader import Reader
 
 from hopchain.errors import ConfigError
 from hopchain.exitpolicy import normalise
@@ -52,6 +65,7 @@ class GeoIPDatabase:
     v6_low: bytes = b""
     v6_high: bytes = b""
     v6_country: list[str] = field(default_factory=list)
+    mmdb: Reader | None = None
 
     @classmethod
     def from_tor_files(
@@ -98,12 +112,43 @@ class GeoIPDatabase:
         db.v6_low, db.v6_high = bytes(v6_low), bytes(v6_high)
         return db
 
+    @classmethod
+    def from_mmdb(cls, data: bytes, *, name: str = "mmdb") -> GeoIPDatabase:
+        """A database answering from a MaxMind DB file's bytes.
+
+        Raises:
+            ConfigError: the bytes are not a MaxMind DB (named by ``name``).
+        """
+        db = cls()
+        db.add_mmdb(data, name=name)
+        return db
+
+    def add_mmdb(self, data: bytes, *, name: str = "mmdb") -> None:
+        """Answer from a MaxMind DB file's bytes first (see the module docstring).
+
+        Raises:
+            ConfigError: the bytes are not a MaxMind DB (named by ``name``).
+        """
+        try:
+            reader = maxminddb.open_database(io.BytesIO(data), maxminddb.MODE_FD)
+        except (InvalidDatabaseError, ValueError, TypeError, IndexError) as exc:
+            raise ConfigError(f"{name}: not a MaxMind DB file ({exc})") from exc
+        if not isinstance(reader, Reader):  # MODE_FD always gives the pure reader
+            raise ConfigError(f"{name}: not a MaxMind DB file")
+        self.mmdb = reader
+
     def __len__(self) -> int:
-        return len(self.v4_country) + len(self.v6_country)
+        """The number of Tor-format ranges plus the .mmdb's search-tree nodes."""
+        nodes = 0 if self.mmdb is None else self.mmdb.metadata().node_count
+        return len(self.v4_country) + len(self.v6_country) + nodes
 
     def country(self, address: str) -> str | None:
-        """The country of an IP address, or None when no range holds it."""
+        """The country of an IP address, or None when no source knows it."""
         ip = normalise(address)
+        if self.mmdb is not None:
+            found = _mmdb_country(self.mmdb, ip)
+            if found is not None:
+                return found
         if ip.version == 4:
             index = _last_at_most(lambda i: self.v4_low[i], len(self.v4_low), int(ip))
             if index >= 0 and int(ip) <= self.v4_high[index]:
@@ -120,6 +165,31 @@ class GeoIPDatabase:
 
 def _known(code: str) -> str | None:
     return None if code == UNKNOWN else code
+
+
+def _mmdb_country(
+    reader: Reader, ip: ipaddress.IPv4Address | ipaddress.IPv6Address
+) -> str | None:
+    """The record's ISO country code; None for no record, no code, a code
+    that is not two letters, an IPv6 address in an IPv4-only file, or a
+    corrupt record (the lookup is then as good as unknown)."""
+    try:
+        record: Any = reader.get(ip)
+    except (InvalidDatabaseError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    for key in ("country", "registered_country"):
+        part = record.get(key)
+        code = part.get("iso_code") if isinstance(part, dict) else None
+        if (
+            isinstance(code, str)
+            and len(code) == 2
+            and code.isascii()
+            and code.isalpha()
+        ):
+            return code.upper()
+    return None
 
 
 Key = TypeVar("Key", int, bytes)

@@ -95,10 +95,14 @@ class Begin:
 
 @dataclass(frozen=True, slots=True)
 class Connected:
-    """The exit connected; ``address`` is the target address it reached."""
+    """The exit connected; ``address`` is the target address it reached,
+    ``egress`` the local address of its outbound socket (the address the
+    destination sees; "" from an exit that does not say), which the client
+    checks against the country it asked for."""
 
     stream_id: int
     address: str
+    egress: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +213,9 @@ def encode(message: RelayMessage) -> bytes:
             return _frame(RelayCommand.DATA, sid, data)
         case Begin(stream_id=sid, host=host, port=port):
             return _frame(RelayCommand.BEGIN, sid, msgpack.packb([host, port]))
-        case Connected(stream_id=sid, address=address):
-            return _frame(RelayCommand.CONNECTED, sid, msgpack.packb([address]))
+        case Connected(stream_id=sid, address=address, egress=egress):
+            body = msgpack.packb([address, egress] if egress else [address])
+            return _frame(RelayCommand.CONNECTED, sid, body)
         case End(stream_id=sid, reason=reason):
             return _frame(RelayCommand.END, sid, bytes([reason]))
         case Sendme(stream_id=sid, credit=credit):
@@ -231,7 +236,9 @@ def encode(message: RelayMessage) -> bytes:
             return _frame(RelayCommand.RESOLVED, sid, body)
 
 
-def _unpack_array(body: bytes, length: int) -> list[Any]:
+def _unpack_array(body: bytes, length: int, *, optional: int = 0) -> list[Any]:
+    """A msgpack array of ``length`` items, or up to ``optional`` fewer
+    (trailing fields added to the protocol later)."""
     try:
         value = msgpack.unpackb(body, raw=False, strict_map_key=True)
     except (
@@ -241,7 +248,7 @@ def _unpack_array(body: bytes, length: int) -> list[Any]:
         msgpack.StackError,
     ) as exc:
         raise MessageError("malformed msgpack body") from exc
-    if not isinstance(value, list) or len(value) != length:
+    if not isinstance(value, list) or not length - optional <= len(value) <= length:
         raise MessageError(f"expected an array of {length} items")
     return value
 
@@ -338,10 +345,12 @@ def decode(payload: bytes) -> RelayMessage:
         host, port = _unpack_array(body, 2)
         return Begin(_stream(sid), _host(host), _port(port))
     if command == RelayCommand.CONNECTED:
-        (address,) = _unpack_array(body, 1)
-        if not isinstance(address, str) or len(address) > MAX_HOSTNAME:
-            raise MessageError("connected address must be a short string")
-        return Connected(_stream(sid), address)
+        address, *rest = _unpack_array(body, 2, optional=1)
+        egress = rest[0] if rest else ""
+        for value in (address, egress):
+            if not isinstance(value, str) or len(value) > MAX_HOSTNAME:
+                raise MessageError("connected addresses must be short strings")
+        return Connected(_stream(sid), address, _egress(egress))
     if command == RelayCommand.END:
         return End(_stream(sid), _reason(body))
     if command == RelayCommand.EXTEND:
@@ -363,6 +372,16 @@ def decode(payload: bytes) -> RelayMessage:
     if command == RelayCommand.RESOLVED:
         return _resolved(_stream(sid), *_unpack_array(body, 2))
     raise MessageError(f"unknown relay command {command}")
+
+
+def _egress(value: str) -> str:
+    """CONNECTED's egress field: "" (not given) or an IP address."""
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise MessageError("connected egress must be an IP address") from exc
+    return value
 
 
 def _stream(sid: int) -> int:

@@ -4,10 +4,11 @@ Each position is drawn with probability proportional to the relay's
 bandwidth among the relays eligible for it:
 
 * exit: Running, Exit flag, not BadExit, its policy accepts the target port (any exit
-  when the port is None: a RESOLVE has no port);
+  when the port is None: a RESOLVE has no port), not in ``avoid_exits``;
 * guard: the first of ``constraints.guards`` (the client's persistent guard
   set, see ``hopchain.guards``) that is Running, Guard-flagged and compatible,
-  else Running and Guard (falling back to Running when no relay has Guard);
+  else Running and Guard (falling back to Running when no relay has Guard),
+  preferring relays not in ``avoid_guards``;
 * middles: Running.
 
 No relay appears twice, no two relays share a declared family, and, unless
@@ -35,7 +36,11 @@ class PathConstraints:
     exit's (upper-case, two-letter) country must be one of them;
     ``exclude_exit_countries``: the exit's country must not be one of them;
     ``exclude_countries_anywhere``: no hop may be in one of them.  Countries
-    come from the relays' descriptors.
+    come from the relays' descriptors.  ``avoid_exits``: identities never
+    used as the exit (their egress failed the client's country check);
+    ``avoid_guards``: identities not drawn as a new guard while another
+    compatible guard exists (the client's guards that are down, waiting for
+    their retry).
     """
 
     hops: int = 3
@@ -45,6 +50,8 @@ class PathConstraints:
     exclude_exit_countries: frozenset[str] = frozenset()
     exclude_countries_anywhere: frozenset[str] = frozenset()
     guards: tuple[bytes, ...] = ()
+    avoid_exits: frozenset[bytes] = frozenset()
+    avoid_guards: frozenset[bytes] = frozenset()
 
     def allows_exit_country(self, country: str) -> bool:
         """Whether an exit in ``country`` satisfies the country constraints."""
@@ -106,6 +113,7 @@ def select_path(
         for r in running
         if _usable_exit(r, port)
         and constraints.allows_exit_country(r.descriptor.country)
+        and r.descriptor.identity not in constraints.avoid_exits
     ]
     if not exits:
         wanted = "any port" if port is None else f"port {port}"
@@ -137,7 +145,10 @@ def select_path(
         kept = next(
             (by_identity[i] for i in constraints.guards if i in by_identity), None
         )
-        guard = (kept or _weighted(pool, rng)).descriptor
+        fresh = [
+            r for r in pool if r.descriptor.identity not in constraints.avoid_guards
+        ]
+        guard = (kept or _weighted(fresh or pool, rng)).descriptor
         chosen.insert(0, guard)
         for _ in range(constraints.hops - 2):
             pool = free(running)

@@ -552,7 +552,7 @@ class RelayNode:
         stream = CircuitStream(sid, circuit.core, send, circuit.credit)
         circuit.streams[sid] = stream
         self.stats.streams_opened += 1
-        send([circuit.core.originate(Connected(sid, address))])
+        send([circuit.core.originate(Connected(sid, address, egress_of(socket)))])
         if sid in circuit.half_closed:
             circuit.half_closed.discard(sid)
             stream.remote_end()
@@ -709,6 +709,20 @@ class RelayNode:
             )
         except ValueError:
             return False  # a resolver that answers with something not an IP
+
+
+def egress_of(stream: trio.abc.Stream) -> str:
+    """The local address of an exit's outbound socket: the address the
+    destination sees, reported in CONNECTED for the client's egress check
+    ("" for a stream that is not a socket, as in-memory networks give)."""
+    sock = getattr(stream, "socket", None)
+    try:
+        local = sock.getsockname() if sock is not None else None
+    except OSError:
+        return ""
+    if not isinstance(local, tuple) or not isinstance(local[0], str):
+        return ""
+    return local[0].split("%", 1)[0]
 
 
 def _reason_for(exc: OSError | None) -> EndReason:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from hopchain.errors import ConfigError
 from hopchain.geoip import GeoIPDatabase, relay_country
 
+from .mmdb_files import write_mmdb
+
 V4 = """# a comment
 16777216,16777471,AU
 134744064,134744319,US
@@ -105,3 +107,70 @@ def test_errors_name_the_file_they_are_in() -> None:
         GeoIPDatabase.from_tor_files(
             "1,2,US\n", "::1,::2,US\nnot a line\n", names=("/etc/v4file", "/etc/v6file")
         )
+
+
+MMDB_RECORDS: dict[str, dict[str, object]] = {
+    "8.8.8.0/24": {"country": {"iso_code": "US", "names": {"en": "United States"}}},
+    "193.0.14.0/24": {"country": {"iso_code": "nl"}},  # lower case is accepted
+    "2a00:1450::/32": {"registered_country": {"iso_code": "IE"}},
+    "203.0.113.0/24": {"continent": {"code": "OC"}},  # no country
+    "198.51.100.0/24": {"country": {"iso_code": "X1"}},  # not a country code
+}
+
+
+@pytest.fixture
+def mmdb(tmp_path: Path) -> bytes:
+    return write_mmdb(tmp_path / "countries.mmdb", MMDB_RECORDS).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("address", "country"),
+    [
+        ("8.8.8.8", "US"),
+        ("8.8.9.1", None),
+        ("::ffff:8.8.8.8", "US"),
+        ("193.0.14.129", "NL"),
+        ("2a00:1450:4001::1", "IE"),
+        ("203.0.113.9", None),
+        ("198.51.100.9", None),
+        ("2001:db8::1", None),
+    ],
+)
+def test_mmdb_lookups(mmdb: bytes, address: str, country: str | None) -> None:
+    assert GeoIPDatabase.from_mmdb(mmdb).country(address) == country
+
+
+def test_mmdb_answers_first_and_tor_ranges_fill_its_gaps(mmdb: bytes) -> None:
+    db = GeoIPDatabase.from_tor_files(
+        "16777216,16777471,AU\n134744064,134744319,DE\n", None
+    )
+    db.add_mmdb(mmdb)
+    assert db.country("8.8.8.8") == "US"  # both know it: the .mmdb wins
+    assert db.country("1.0.0.7") == "AU"  # only the Tor ranges know it
+    assert len(db) > 2
+
+
+def test_an_ipv4_only_mmdb_knows_no_ipv6(tmp_path: Path) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=4)
+    writer.insert_network(IPSet(["10.0.0.0/8"]), {"country": {"iso_code": "SE"}})
+    writer.to_db_file(str(tmp_path / "v4.mmdb"))
+    db = GeoIPDatabase.from_mmdb((tmp_path / "v4.mmdb").read_bytes())
+    assert db.country("10.1.2.3") == "SE"
+    assert db.country("2001:db8::1") is None
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"not a database", b"\xab\xcd\xefMaxMind.com" + bytes(40)]
+)
+def test_a_file_that_is_not_an_mmdb_is_a_config_error(data: bytes) -> None:
+    with pytest.raises(ConfigError, match=r"^/srv/x\.mmdb: not a MaxMind DB file"):
+        GeoIPDatabase.from_mmdb(data, name="/srv/x.mmdb")
+
+
+def test_relay_country_uses_the_mmdb_too(mmdb: bytes) -> None:
+    db = GeoIPDatabase.from_mmdb(mmdb)
+    assert relay_country("8.8.8.8", "DE", db) == ("US", True)
+    assert relay_country("127.0.0.5", "NL", db) == ("NL", False)

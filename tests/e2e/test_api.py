@@ -198,6 +198,7 @@ async def test_fallback_circuits_are_reused_not_rebuilt_per_stream(
                 socks_port=None,
                 test_network=True,
                 countries=CountryRules(exit_countries=frozenset({"JP"})),
+                predicted_circuits=0,  # count only the builds streams cause
             ),
             testnet.network,
             random.Random(4),

@@ -175,3 +175,28 @@ def test_a_malformed_geoip_file_names_its_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "line 2: range empty, out of order or overlaps" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["authority", "client"])
+def test_a_file_that_is_not_an_mmdb_is_one_line(tmp_path: Path, command: str) -> None:
+    mmdb = tmp_path / "countries.mmdb"
+    mmdb.write_bytes(b"GIF89a not a database")
+    args = ["--data-dir", str(tmp_path / "d"), "--geoip-mmdb", str(mmdb)]
+    if command == "authority":
+        args += ["--port", "0"]
+    else:
+        args += ["--authority", f"127.0.0.1:1={KEY}", "--socks-port", "0"]
+    result = hopchain(command, *args)
+    assert result.returncode == 2
+    assert f"{mmdb}: not a MaxMind DB file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_demo_hands_geoip_files_to_its_client(tmp_path: Path) -> None:
+    from hopchain import cli
+
+    mmdb = tmp_path / "countries.mmdb"
+    args = cli.build_parser().parse_args(["demo", "--geoip-mmdb", str(mmdb)])
+    argv = cli._client_argv(args)
+    assert argv[argv.index("--geoip-mmdb") + 1] == str(mmdb.resolve())

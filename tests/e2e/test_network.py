@@ -219,7 +219,8 @@ async def test_ipv6_target_by_address_type_4(
 async def test_dirty_idle_circuits_are_retired(testnet: LoopbackNet) -> None:
     manager = testnet.client.manager
     assert manager is not None
-    manager._dirtiness = 0.0  # every circuit is dirty as soon as it is built
+    manager._dirtiness = 0.0  # every circuit is dirty as soon as it is used
+    manager.max_clean = 0  # and none is built ahead for the port just used
     with trio.fail_after(30):
         await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
@@ -236,6 +237,8 @@ async def test_expired_consensus_fails_the_stream_not_the_client(
     fresh = testnet.client._consensus
     assert fresh is not None
     manager._dirtiness = 0.0  # every stream needs a new circuit, so a consensus
+    manager.max_clean = 0  # (none is built ahead, and the clean ones are gone)
+    manager.close_all()
     testnet.client._consensus = dataclasses.replace(fresh, valid_until=0.0)
 
     def attempt() -> None:
@@ -293,6 +296,7 @@ async def test_late_data_after_the_destination_closed_keeps_the_circuit(
     """The origin closes while the app still uploads: only that stream ends."""
     manager = testnet.client.manager
     assert manager is not None
+    manager.max_clean = 0  # one circuit: none built ahead for the port used
 
     def upload_into_a_closed_destination() -> None:
         with _socks_socket(testnet) as sock:

@@ -38,6 +38,7 @@ async def test_flipped_bit_is_refused_by_the_next_hop_and_the_circuit_closes(
 ) -> None:
     manager = testnet.client.manager
     assert manager is not None
+    manager.max_clean = 0  # one circuit: none built ahead for the port used
     tampered = []
 
     def tamper() -> None:

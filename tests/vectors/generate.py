@@ -258,6 +258,7 @@ MESSAGES: list[RelayMessage] = [
     Begin(2, "example.com", 443),
     Begin(3, "2001:db8::1", 80),
     Connected(2, "93.184.216.34"),
+    Connected(2, "93.184.216.34", "198.51.100.7"),
     End(2, EndReason.DONE),
     End(3, EndReason.EXIT_POLICY),
     Sendme(0, 32),
