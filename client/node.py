@@ -153,7 +153,7 @@ class ClientNode:
         cached = await self._from_cache(pinned, problems)
         if cached is not None:
             return cached
-        raise DirectoryError("; ".join(problems))
+        raise DirectoryError("; ".join(sorted(problems)))
 
     async def _from_cache(
         self, pinned: list[bytes], problems: list[str]

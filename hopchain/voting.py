@@ -25,7 +25,7 @@ authorities, not the number of votes received):
 
 Timing (``Schedule``): periods of ``interval`` seconds start at multiples of
 ``interval`` since the epoch.  At a period's start each authority votes; it
-collects its peers' votes for ``collect_delay`` (a fifth of the interval,
+collects its peers' votes for ``collect_delay`` (a third of the interval,
 at most 5 minutes), then computes, signs and sends its signature.  The
 consensus for the period starting at T is valid after T, fresh until
 T + interval and valid until T + 3 intervals (as Tor's).
@@ -49,7 +49,7 @@ from hopchain.directory import FLAGS, Listing, Vote, build_consensus
 
 NEW_RELAY_BANDWIDTH: Final = 20_000
 DEFAULT_INTERVAL: Final = 3600.0
-TEST_NETWORK_INTERVAL: Final = 10.0
+TEST_NETWORK_INTERVAL: Final = 5.0
 MAX_COLLECT_DELAY: Final = 300.0
 VALID_INTERVALS: Final = 3
 
@@ -79,7 +79,7 @@ class Schedule:
     @property
     def collect_delay(self) -> float:
         """How long after a period starts the votes are combined."""
-        return min(self.interval / 5, MAX_COLLECT_DELAY)
+        return min(self.interval / 3, MAX_COLLECT_DELAY)
 
     def period_start(self, now: float) -> float:
         """The start of the period ``now`` falls in."""

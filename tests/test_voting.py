@@ -263,7 +263,7 @@ def test_schedule_periods_and_times() -> None:
     assert schedule.period_start(NOW + 40.0) == NOW + 40.0
     assert schedule.next_period(NOW - 20.0) == NOW + 40.0
     assert schedule.times(NOW - 20.0) == (NOW - 20.0, NOW + 40.0, NOW + 160.0)
-    assert schedule.collect_delay == 12.0
+    assert schedule.collect_delay == 20.0
     assert Schedule(3600.0).collect_delay == 300.0
     with pytest.raises(ValueError, match="positive"):
         Schedule(0.0)
