@@ -276,7 +276,8 @@ class AuthorityNode:
     def own_vote(
         self, valid_after: float, fresh_until: float, valid_until: float
     ) -> Vote:
-        """This authority's vote: every relay it lists, with its measurements."""
+        """This authority's vote: every relay it lists, with its measurements
+        (relays not reachable for ``RELAY_LIFETIME`` are dropped first)."""
         now_mono = trio.current_time()
         for key in [
             k
@@ -354,17 +355,24 @@ class AuthorityNode:
     # --- voting -------------------------------------------------------------
 
     async def _voting_loop(self) -> None:
-        """Vote at each period start; combine after the collection delay."""
+        """Vote at each period start; combine after the collection delay.
+
+        Sending to the peers is cut off after the collection delay, so a peer
+        that accepts connections but never answers cannot hold up a round
+        (a vote that late would be dropped anyway).
+        """
         schedule = self.schedule
         while True:
             valid_after = schedule.next_period(wall_clock())
             await trio.sleep(max(0.0, valid_after - wall_clock()))
             try:
-                await self.vote(valid_after)
+                with trio.move_on_after(schedule.collect_delay):
+                    await self.vote(valid_after)
                 await trio.sleep(
                     max(0.0, valid_after + schedule.collect_delay - wall_clock())
                 )
-                await self.compute(valid_after)
+                with trio.move_on_after(schedule.collect_delay):
+                    await self.compute(valid_after)
             except DirectoryError as exc:  # a peer's votes crowded the period out
                 logger.warning("voting round failed: %s", exc)
 

@@ -47,7 +47,7 @@ SCHEDULE = Schedule(TEST_NETWORK_INTERVAL)
 class VotingNet:
     authorities: list[AuthorityNode]
     addresses: list[AuthorityAddress]
-    stopped: int  # index of the authority that was stopped
+    stopped: int | None  # index of the authority that was stopped
     relays: list[RelayNode]
     network: LoopbackOnlyNetwork
 
@@ -90,55 +90,95 @@ async def _run_stoppable(
         stopped.set()
 
 
+async def _start_voting_net(
+    nursery: trio.Nursery, network: LoopbackOnlyNetwork, stop: int | None
+) -> VotingNet:
+    """Three authorities and RELAYS relays publishing to all of them; then
+    authority ``stop`` (if any) is stopped."""
+    authorities, scopes, events = [], [], []
+    for i in range(3):
+        node = AuthorityNode(
+            IdentityKey(seed(f"voting authority {i}")),
+            "127.0.0.1",
+            0,
+            network,
+            test_network=True,
+            schedule=SCHEDULE,
+            timed_rounds=False,
+        )
+        stopped = trio.Event()
+        scopes.append(await nursery.start(_run_stoppable, node, stopped))
+        authorities.append(node)
+        events.append(stopped)
+    addresses = [
+        AuthorityAddress("127.0.0.1", a.port, a.identity.public) for a in authorities
+    ]
+    for node in authorities:
+        node.set_peers(addresses)  # its own entry is skipped
+    relays = []
+    for i in range(RELAYS):
+        config = RelayConfig(
+            nickname=f"voted{i}",
+            address=f"127.0.0.{2 + i}",
+            authorities=addresses,
+            exit=i >= RELAYS - EXITS,
+            test_network=True,
+            country=COUNTRIES[i],
+        )
+        relay = RelayNode(
+            config,
+            IdentityKey(seed(f"voted id{i}")),
+            OnionKey(seed(f"voted onion{i}")),
+            network,
+        )
+        await nursery.start(relay.serve)
+        relays.append(relay)
+    for relay in relays:
+        await relay.published.wait()  # published to all three
+    if stop is not None:
+        scopes[stop].cancel()
+        await events[stop].wait()
+    return VotingNet(authorities, addresses, stop, relays, network)
+
+
 @pytest.fixture
 async def voting_net(nursery: trio.Nursery) -> AsyncIterator[VotingNet]:
     network = LoopbackOnlyNetwork()
-    authorities, scopes, events = [], [], []
     with trio.fail_after(60):
-        for i in range(3):
-            node = AuthorityNode(
-                IdentityKey(seed(f"voting authority {i}")),
-                "127.0.0.1",
-                0,
-                network,
-                test_network=True,
-                schedule=SCHEDULE,
-                timed_rounds=False,
-            )
-            stopped = trio.Event()
-            scopes.append(await nursery.start(_run_stoppable, node, stopped))
-            authorities.append(node)
-            events.append(stopped)
-        addresses = [
-            AuthorityAddress("127.0.0.1", a.port, a.identity.public)
-            for a in authorities
-        ]
-        for node in authorities:
-            node.set_peers(addresses)  # its own entry is skipped
-        relays = []
-        for i in range(RELAYS):
-            config = RelayConfig(
-                nickname=f"voted{i}",
-                address=f"127.0.0.{2 + i}",
-                authorities=addresses,
-                exit=i >= RELAYS - EXITS,
-                test_network=True,
-                country=COUNTRIES[i],
-            )
-            relay = RelayNode(
-                config,
-                IdentityKey(seed(f"voted id{i}")),
-                OnionKey(seed(f"voted onion{i}")),
-                network,
-            )
-            await nursery.start(relay.serve)
-            relays.append(relay)
-        for relay in relays:
-            await relay.published.wait()  # published to all three
-        scopes[2].cancel()
-        await events[2].wait()
-    yield VotingNet(authorities, addresses, 2, relays, network)
+        net = await _start_voting_net(nursery, network, stop=2)
+    yield net
     assert network.violations == [], "the test network tried to leave loopback"
+
+
+async def test_three_authorities_sign_one_document_without_a_lone_relay(
+    nursery: trio.Nursery,
+) -> None:
+    network = LoopbackOnlyNetwork()
+    with trio.fail_after(60):
+        net = await _start_voting_net(nursery, network, stop=None)
+        loner = RelayNode(
+            RelayConfig(
+                nickname="loner",
+                address="127.0.0.20",
+                authorities=net.addresses[:1],  # known to one authority only
+                test_network=True,
+            ),
+            IdentityKey(seed("loner id")),
+            OnionKey(seed("loner onion")),
+            network,
+        )
+        await nursery.start(loner.serve)
+        await loner.published.wait()
+        await net.round(SCHEDULE.period_start(wall_clock()))
+    served = {a.consensus() for a in net.authorities}
+    assert len(served) == 1  # byte-identical everywhere, all three signatures
+    (document,) = served
+    assert document is not None
+    consensus = verify_consensus(document, net.pinned, wall_clock())
+    assert consensus.signers == set(net.pinned)
+    listed = {r.descriptor.nickname for r in consensus.relays}
+    assert listed == {f"voted{i}" for i in range(RELAYS)}  # not the loner
+    assert network.violations == []
 
 
 async def _origin(stream: trio.SocketStream) -> None:
