@@ -185,7 +185,7 @@ class AuthorityNode:
                         entry.signed.descriptor.nickname,
                         "reachable again" if running else "not reachable",
                     )
-                    self._single_made = -1.0
+                    self.listing_changed()
 
     async def _reachable(self, desc: Descriptor) -> bool:
         """Whether a link handshake with the relay succeeds now."""
@@ -255,14 +255,14 @@ class AuthorityNode:
             raise DirectoryError("test-network relays are refused by this authority")
         if not await self._reachable(desc):
             self._relays.pop(desc.identity, None)
-            self._single_made = -1.0
+            self.listing_changed()
             raise DirectoryError("relay not reachable at its address")
         previous = self._relays.get(desc.identity)
         now = trio.current_time()
         up_since = previous.up_since if previous and previous.running else now
         self._relays[desc.identity] = _Listed(signed, now, up_since)
         if previous is None or previous.signed.raw != raw:
-            self._single_made = -1.0
+            self.listing_changed()
         if previous is None:
             logger.info(
                 "listed relay %s (%s)%s",
@@ -323,6 +323,12 @@ class AuthorityNode:
             valid_until,
             tuple(listings),
         )
+
+    def listing_changed(self) -> None:
+        """The operator changed a setting (``bad_exits``): a single authority
+        re-signs at the next request; voting authorities use it from the next
+        period on."""
+        self._single_made = -1.0
 
     def consensus(self) -> bytes | None:
         """The consensus this authority serves (None: none signed by a
