@@ -560,15 +560,18 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     from hopchain.relay.net import TcpNetwork
     from hopchain.voting import Schedule
 
+    interval = args.vote_interval
+    if interval is None:
+        interval = (
+            TEST_NETWORK_VOTE_INTERVAL if args.test_network else DEFAULT_VOTE_INTERVAL
+        )
+    if not interval >= 1:
+        raise ConfigError("--vote-interval must be at least 1 second")
+    peers = [AuthorityAddress.parse(p) for p in args.peer]
     ensure_private_dir(args.data_dir)
     identity = IdentityKey(
         load_or_create_secret(args.data_dir / "authority_identity.key")
     )
-    interval = args.vote_interval or (
-        TEST_NETWORK_VOTE_INTERVAL if args.test_network else DEFAULT_VOTE_INTERVAL
-    )
-    if interval < 1:
-        raise ConfigError("--vote-interval must be at least 1 second")
     node = AuthorityNode(
         identity,
         args.address,
@@ -577,7 +580,7 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         test_network=args.test_network,
         geoip=_load_geoip(args.geoip, args.geoip6),
         bad_exits=_identities(args.bad_exit),
-        peers=[AuthorityAddress.parse(p) for p in args.peer],
+        peers=peers,
         schedule=Schedule(interval),
     )
 
