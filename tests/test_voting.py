@@ -2,8 +2,9 @@
 
 import dataclasses
 import hashlib
+import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection
 
 import msgpack
 import pytest
@@ -63,7 +64,7 @@ PARSED = {raw: verify_descriptor(raw, NOW) for pair in VERSIONS for raw in pair}
 
 def entry(
     relay: int,
-    flags: Sequence[str] = ("Running", "Valid"),
+    flags: Collection[str] = ("Running", "Valid"),
     bandwidth: int = 50_000,
     country: str = "SE",
     verified: bool = False,
@@ -208,11 +209,11 @@ def vote_sets(draw: st.DrawFn) -> tuple[list[Vote], int]:
 
 @given(vote_sets(), st.randoms(use_true_random=False))
 def test_prop_combination_does_not_depend_on_vote_order(
-    item: tuple[list[Vote], int], rng: st.SearchStrategy[object]
+    item: tuple[list[Vote], int], rng: random.Random
 ) -> None:
     votes, count = item
     shuffled = list(votes)
-    rng.shuffle(shuffled)  # type: ignore[attr-defined]
+    rng.shuffle(shuffled)
     assert combine(shuffled, count) == combine(votes, count)
 
 
@@ -241,7 +242,8 @@ def test_prop_combination_follows_the_majority_rules(
             bandwidth == sorted(x.bandwidth for x in entries)[(len(entries) - 1) // 2]
         )
         newest = max(x.signed.descriptor.published for x in entries)
-        assert PARSED[raw].descriptor.published == newest  # type: ignore[index]
+        assert isinstance(raw, bytes)
+        assert PARSED[raw].descriptor.published == newest
     body = decoded(combine(votes, count))
     assert body["fresh_until"] == statistics.median_low(v.fresh_until for v in votes)
 
