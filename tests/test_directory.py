@@ -720,3 +720,29 @@ def test_vote_listing_a_relay_twice_is_refused() -> None:
 def test_prop_verify_vote_arbitrary_bytes(raw: bytes) -> None:
     with contextlib.suppress(DirectoryError):
         verify_vote(raw, frozenset(PINNED), NOW)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "authority": msgpack_values,
+            "valid_after": msgpack_values,
+            "fresh_until": msgpack_values,
+            "valid_until": msgpack_values,
+            "relays": relay_lists | msgpack_values,
+        },
+    )
+)
+def test_prop_signed_vote_garbage(changes: dict[str, object]) -> None:
+    """Malformed vote bodies signed by a configured key give DirectoryError."""
+    body: dict[str, object] = {
+        **GOOD_TIMES,
+        "authority": AUTHORITIES[0].public,
+        "relays": [[relay_entry()[0], ["Running"], "", False, 1000]],
+    }
+    body.update(changes)
+    raw = msgpack.packb(body, use_bin_type=True)
+    document = msgpack.packb([raw, AUTHORITIES[0].sign(VOTE_PREFIX + raw)])
+    with contextlib.suppress(DirectoryError):
+        verify_vote(document, frozenset(PINNED), NOW)
