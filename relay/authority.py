@@ -159,7 +159,7 @@ class AuthorityNode:
             nursery.start_soon(self._test_loop)
             if self.peers and self.timed_rounds:
                 nursery.start_soon(self._voting_loop)
-            await trio.serve_listeners(self._handle, listeners)
+            await trio.serve_listeners(self.handle, listeners)
 
     # --- reachability -------------------------------------------------------
 
@@ -200,7 +200,8 @@ class AuthorityNode:
 
     # --- requests -----------------------------------------------------------
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Answer one directory request on ``stream``, then close it."""
         async with stream:
             try:
                 with trio.fail_after(REQUEST_TIMEOUT):
