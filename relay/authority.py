@@ -406,7 +406,7 @@ class AuthorityNode:
         self._round(valid_after).votes[vote.authority] = vote
         raw = sign_vote(vote, self.identity.sign)
         logger.info(
-            "voting for the period after %s: %d relays",
+            "voting for the period from %s: %d relays",
             utc_text(valid_after),
             len(vote.listings),
         )
@@ -437,7 +437,7 @@ class AuthorityNode:
         count = len(self.authority_keys)
         if len(state.votes) < majority(count):
             logger.warning(
-                "votes from %d of %d authorities for the period after %s: "
+                "votes from %d of %d authorities for the period from %s: "
                 "not enough for a consensus",
                 len(state.votes),
                 count,
@@ -493,7 +493,7 @@ class AuthorityNode:
             state.signatures[key] = signature
         else:
             logger.warning(
-                "authority %s signed a different consensus for the period after %s",
+                "authority %s signed a different consensus for the period from %s",
                 fingerprint(key),
                 utc_text(valid_after),
             )
@@ -508,7 +508,7 @@ class AuthorityNode:
             return
         if valid_after > self._served_after:
             logger.info(
-                "consensus for the period after %s signed by %d of %d authorities",
+                "consensus for the period from %s signed by %d of %d authorities",
                 utc_text(valid_after),
                 len(state.signatures),
                 len(self.authority_keys),
