@@ -1,16 +1,23 @@
 """``hopchain demo``: a whole hopchain network on loopback, one process per node.
 
-The authority listens on 127.0.0.1; relay i listens on 127.0.0.(2+i), so an
-origin server can tell which exit connected to it; the last ``exits`` relays
-are exits.  Every node is a ``python -m hopchain`` child process, so the
-network uses both cores and every CLI path is exercised.  Each child prints a
-``ready`` line on stdout; its log goes to ``<data-dir>/<name>.log``.  When
-the demo is cancelled (Ctrl-C, SIGTERM) trio terminates every child, and a
-temporary data directory is removed.
+The ``authorities`` directory authorities listen on 127.0.0.1 and vote
+every ``voting.TEST_NETWORK_INTERVAL`` seconds; relay i listens on
+127.0.0.(2+i), so an origin server can tell which exit connected to it; the
+last ``exits`` relays are exits.  Relays publish to every authority and the
+client pins them all.  Every node is a ``python -m hopchain`` child process,
+so the network uses both cores and every CLI path is exercised.  Each child
+prints a ``ready`` line on stdout; its log goes to ``<data-dir>/<name>.log``.
+When the demo is cancelled (Ctrl-C, SIGTERM) trio terminates every child,
+and a temporary data directory is removed.
+
+Each authority must know its peers' addresses and keys when it starts, so
+the demo creates the authorities' keys itself and picks their ports by
+binding port 0 and releasing it (with one authority it just uses port 0).
 """
 
 import logging
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +27,10 @@ from pathlib import Path
 from typing import Final
 
 import trio
+from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
 
+from hopchain.crypto.keys import IdentityKey
 from hopchain.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +42,7 @@ READY_TIMEOUT: Final = 120.0
 class DemoOptions:
     """What ``hopchain demo`` was asked for."""
 
+    authorities: int
     relays: int
     exits: int
     socks_port: int
@@ -54,6 +65,29 @@ def _country(index: int, first_exit: int) -> str:
     if index >= first_exit:
         return EXIT_COUNTRIES[(index - first_exit) % len(EXIT_COUNTRIES)]
     return MIDDLE_COUNTRIES[index % len(MIDDLE_COUNTRIES)]
+
+
+AUTHORITY_HOST: Final = "127.0.0.1"
+
+
+def _released_port(host: str) -> int:
+    """A port the kernel just handed out for ``host`` and that is free again."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def _authority_addresses(root: Path, count: int) -> list[AuthorityAddress]:
+    """Create each authority's key in its data directory; choose its port."""
+    addresses = []
+    for i in range(count):
+        data_dir = root / f"authority{i + 1}"
+        ensure_private_dir(data_dir)
+        key = IdentityKey(load_or_create_secret(data_dir / "authority_identity.key"))
+        port = 0 if count == 1 else _released_port(AUTHORITY_HOST)
+        addresses.append(AuthorityAddress(AUTHORITY_HOST, port, key.public))
+    return addresses
 
 
 class _Child:
@@ -126,28 +160,41 @@ async def run_demo(options: DemoOptions) -> None:
     clean = False
     try:
         async with trio.open_nursery() as nursery:
-            authority = _Child("authority", root / "authority.log")
+            planned = _authority_addresses(root, options.authorities)
             print(
-                f"starting a directory authority on 127.0.0.1 (data in {root})",
+                f"starting {options.authorities} directory authorities on "
+                f"{AUTHORITY_HOST} (data in {root})",
                 flush=True,
             )
-            line = await nursery.start(
-                _run_child,
-                authority,
-                [
-                    "authority",
-                    "--data-dir",
-                    str(root / "authority"),
-                    "--address",
-                    "127.0.0.1",
-                    "--port",
-                    "0",
-                    "--test-network",
-                    *common,
-                ],
-                stopping,
-            )
-            authority_arg = line.split()[1]
+            authorities = [""] * len(planned)  # from the ready lines, in order
+            async with trio.open_nursery() as starting:
+                for i, address in enumerate(planned):
+                    name = f"authority{i + 1}"
+                    peers = [f"--peer={peer}" for peer in planned if peer != address]
+                    argv = [
+                        "authority",
+                        "--data-dir",
+                        str(root / name),
+                        "--address",
+                        AUTHORITY_HOST,
+                        "--port",
+                        str(address.port),
+                        "--test-network",
+                        *peers,
+                        *common,
+                    ]
+
+                    async def start(index: int, name: str, argv: list[str]) -> None:
+                        line = await nursery.start(
+                            _run_child,
+                            _Child(name, root / f"{name}.log"),
+                            argv,
+                            stopping,
+                        )
+                        authorities[index] = line.split()[1]
+
+                    starting.start_soon(start, i, name, argv)
+            authority_args = [f"--authority={a}" for a in authorities]
             print(
                 f"starting {options.relays} relays ({options.exits} exits)", flush=True
             )
@@ -165,8 +212,7 @@ async def run_demo(options: DemoOptions) -> None:
                         f"127.0.0.{2 + i}",
                         "--port",
                         "0",
-                        "--authority",
-                        authority_arg,
+                        *authority_args,
                         "--test-network",
                         "--country",
                         _country(i, options.relays - options.exits),
@@ -190,8 +236,7 @@ async def run_demo(options: DemoOptions) -> None:
                 client,
                 [
                     "client",
-                    "--authority",
-                    authority_arg,
+                    *authority_args,
                     "--socks-port",
                     str(options.socks_port),
                     "--data-dir",
@@ -211,15 +256,18 @@ async def run_demo(options: DemoOptions) -> None:
                 if words[3:4] == ["http"]
                 else ""
             )
+            authority_lines = "".join(f"  {a}\n" for a in authorities)
             print(
-                f"\nhopchain demo is up: 1 authority, {options.relays} relays "
-                f"({options.exits} exits), {options.hops}-hop circuits.\n"
+                f"\nhopchain demo is up: {options.authorities} "
+                f"{'authority' if options.authorities == 1 else 'authorities'}, "
+                f"{options.relays} relays ({options.exits} exits), "
+                f"{options.hops}-hop circuits.\n"
                 f"SOCKS5 proxy: {socks}\n"
                 f"  try: curl --socks5-hostname {socks} http://127.0.0.1:8000/\n"
                 f"{http}"
-                f"authority: {authority_arg}\n"
+                f"authorities:\n{authority_lines}"
                 f"  (another client: hopchain client --test-network "
-                f"--authority {authority_arg} --socks-port 9150 --http-port 8119)\n"
+                f"{' '.join(authority_args)} --socks-port 9150 --http-port 8119)\n"
                 f"status: hopchain doctor --data-dir {root / 'client'}\n"
                 f"logs: {root}/*.log\n"
                 "Press Ctrl-C to stop.",

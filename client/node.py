@@ -30,7 +30,7 @@ from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.keystore import ensure_private_dir
 from hopchain.relay.net import Network, bound_port, wall_clock
 
-from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
+from hopchain.directory import CLOCK_SKEW, Consensus, utc_text, verify_consensus
 from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
 from hopchain.geoip import GeoIPDatabase
 from hopchain.guards import GuardSet
@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 BOOTSTRAP_RETRY: Final = 1.0
 REFRESH_INTERVAL: Final = 60.0
+MIN_REFRESH: Final = 5.0
 CONTROL_SOCKET: Final = "control.sock"
 CONSENSUS_CACHE: Final = "cached-consensus"
 GUARDS_FILE: Final = "guards.json"
@@ -114,12 +115,20 @@ class ClientNode:
         """
         if self._consensus is None:
             raise DirectoryError("no consensus yet")
-        if wall_clock() > self._consensus.valid_until + CLOCK_SKEW:
-            raise DirectoryError("consensus expired and no authority gave a new one")
+        now = wall_clock()
+        if now > self._consensus.valid_until + CLOCK_SKEW:
+            raise DirectoryError(
+                "consensus expired (valid until "
+                f"{utc_text(self._consensus.valid_until)}, now {utc_text(now)}) "
+                "and no authority gave a new one"
+            )
         return self._consensus
 
     async def fetch_consensus(self) -> Consensus:
         """Fetch from the authorities in turn; the first that verifies wins.
+
+        It becomes the current consensus unless that one is newer (an
+        authority may lag a period behind the others).
 
         Raises:
             DirectoryError: none answered with a valid consensus (the message
@@ -136,6 +145,14 @@ class ClientNode:
             except DirectoryError as exc:
                 problems.append(f"{authority.host}:{authority.port}: {exc}")
                 continue
+            if consensus.ignored_signers:
+                logger.debug(
+                    "ignored consensus signatures by keys that are not pinned: %s",
+                    ", ".join(sorted(k.hex() for k in consensus.ignored_signers)),
+                )
+            current = self._consensus
+            if current is not None and current.valid_after > consensus.valid_after:
+                return current
             self._consensus = consensus
             if self.config.data_dir is not None:
                 await trio.to_thread.run_sync(
@@ -145,7 +162,7 @@ class ClientNode:
         cached = await self._from_cache(pinned, problems)
         if cached is not None:
             return cached
-        raise DirectoryError("; ".join(problems))
+        raise DirectoryError("; ".join(sorted(problems)))
 
     async def _from_cache(
         self, pinned: list[bytes], problems: list[str]
@@ -340,8 +357,16 @@ class ClientNode:
         }
 
     async def _refresh_loop(self) -> None:
+        """Fetch once per voting interval (the consensus's fresh period),
+        between ``MIN_REFRESH`` and ``REFRESH_INTERVAL`` seconds apart."""
         while True:
-            await trio.sleep(REFRESH_INTERVAL)
+            current = self._consensus
+            period = (
+                REFRESH_INTERVAL
+                if current is None
+                else current.fresh_until - current.valid_after
+            )
+            await trio.sleep(min(max(period, MIN_REFRESH), REFRESH_INTERVAL))
             try:
                 await self.fetch_consensus()
             except DirectoryError as exc:

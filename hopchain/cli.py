@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
+from hopchain.voting import DEFAULT_INTERVAL as DEFAULT_VOTE_INTERVAL
+from hopchain.voting import TEST_NETWORK_INTERVAL as TEST_NETWORK_VOTE_INTERVAL
 
 logger = logging.getLogger("hopchain")
 
@@ -75,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run a whole local network (authority, relays, client) on loopback",
+        help="run a whole local network (authorities, relays, client) on loopback",
         description=(
-            "Start a directory authority, N relays on 127.0.0.2, 127.0.0.3, ... "
+            "Start directory authorities, N relays on 127.0.0.2, 127.0.0.3, ... "
             "(some of them exits) and a client, each as its own process, and "
             "print the SOCKS5 and HTTP proxy addresses once a circuit is built. "
             "Ctrl-C or SIGTERM stops everything."
@@ -88,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--exits", type=int, default=2, help="how many relays are exits (default 2)"
+    )
+    demo.add_argument(
+        "--authorities",
+        type=int,
+        default=3,
+        help="number of directory authorities, voting every "
+        f"{TEST_NETWORK_VOTE_INTERVAL:.0f} s (default 3, as Tor's test networks)",
     )
     demo.add_argument(
         "--socks-port",
@@ -108,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a directory authority",
         description=(
             "Run a directory authority: accept signed relay descriptors, test that "
-            "each relay is reachable, and serve a signed consensus. Prints "
-            "'ready HOST:PORT=KEY' on stdout: the value clients pass to --authority."
+            "each relay is reachable, vote with the --peer authorities, and serve "
+            "the consensus signed by more than half of them. Prints "
+            "'ready HOST:PORT=KEY' on stdout: the value relays and clients pass "
+            "to --authority and other authorities to --peer."
         ),
     )
     authority.add_argument(
@@ -133,7 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     authority.add_argument(
         "--test-network",
         action="store_true",
-        help="accept relays that declare a test network (loopback demos only)",
+        help="accept relays that declare a test network (loopback demos only); "
+        f"votes every {TEST_NETWORK_VOTE_INTERVAL:.0f} s unless --vote-interval",
+    )
+    authority.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="HOST:PORT=KEY",
+        help="another directory authority to vote with (repeatable; this "
+        "authority's own entry may be listed too and is skipped). Every "
+        "authority needs the same set, and clients pin all of them",
+    )
+    authority.add_argument(
+        "--vote-interval",
+        type=float,
+        metavar="SECONDS",
+        help="length of a voting period: the authorities vote at every "
+        "multiple of it, and a consensus is fresh for one period and valid "
+        f"for three (default {DEFAULT_VOTE_INTERVAL:.0f}; "
+        f"{TEST_NETWORK_VOTE_INTERVAL:.0f} with --test-network); "
+        "every authority needs the same value",
     )
     _add_common(authority)
 
@@ -195,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="declare a test network: allow private and loopback destinations",
     )
     relay.add_argument(
-        "--bandwidth", type=int, default=10_000_000, help="advertised bytes/s"
+        "--bandwidth",
+        type=int,
+        default=10_000_000,
+        help="declared bytes/s: authorities list the relay's observed "
+        "throughput, capped by this (default 10000000)",
     )
     relay.add_argument(
         "--country", default="", help="two-letter country code to declare"
@@ -600,9 +635,19 @@ def _load_geoip(args: argparse.Namespace) -> "GeoIPDatabase | None":
 def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     from hopchain.crypto.keys import IdentityKey
     from hopchain.relay.authority import AuthorityNode
+    from hopchain.relay.dirclient import AuthorityAddress
     from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
     from hopchain.relay.net import TcpNetwork
+    from hopchain.voting import Schedule
 
+    interval = args.vote_interval
+    if interval is None:
+        interval = (
+            TEST_NETWORK_VOTE_INTERVAL if args.test_network else DEFAULT_VOTE_INTERVAL
+        )
+    if not interval >= 1:
+        raise ConfigError("--vote-interval must be at least 1 second")
+    peers = [AuthorityAddress.parse(p) for p in args.peer]
     ensure_private_dir(args.data_dir)
     identity = IdentityKey(
         load_or_create_secret(args.data_dir / "authority_identity.key")
@@ -615,6 +660,8 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         test_network=args.test_network,
         geoip=_load_geoip(args),
         bad_exits=_identities(args.bad_exit),
+        peers=peers,
+        schedule=Schedule(interval),
     )
 
     async def run() -> None:
@@ -820,9 +867,12 @@ def _demo(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         raise ConfigError(f"--relays must be at least {max(3, args.hops)}")
     if not 1 <= args.exits <= args.relays - 1:
         raise ConfigError("--exits must be between 1 and relays - 1")
+    if not 1 <= args.authorities <= 9:
+        raise ConfigError("--authorities must be between 1 and 9")
     _socks_options(args)  # refuse bad client options before starting anything
     _warn_if_public_http(args)
     options = DemoOptions(
+        authorities=args.authorities,
         relays=args.relays,
         exits=args.exits,
         socks_port=args.socks_port,

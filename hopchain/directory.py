@@ -9,14 +9,22 @@ are msgpack; every field is validated on decode and sizes are capped.
     descriptor sig = Ed25519(identity, "hopchain descriptor v1\\0" | body)
     body           = msgpack map (see ``Descriptor`` for the fields)
 
+    vote           = msgpack [body, signature]
+    vote sig       = Ed25519(authority, "hopchain vote v1\\0" | body)
+    body           = msgpack map {"authority", "valid_after", "fresh_until",
+                                  "valid_until", "relays": [listing, ...]}
+
     consensus      = msgpack [body, [[authority_key, signature], ...]]
     consensus sig  = Ed25519(authority, "hopchain consensus v1\\0" | body)
     body           = msgpack map {"valid_after", "fresh_until", "valid_until",
-                                  "relays": [[descriptor, flags, country,
-                                              verified], ...]}
+                                  "relays": [listing, ...]}
+    listing        = [descriptor, flags, country, verified, bandwidth]
 
-The country of each relay is the authorities' (GeoIP for public addresses,
-``verified`` true; the relay's declared country otherwise).
+A *vote* is one authority's view of the network for one voting period; the
+consensus is combined from the votes (``hopchain.voting``).  The country of
+each relay is the authorities' (GeoIP for public addresses, ``verified``
+true; the relay's declared country otherwise), and its bandwidth is the
+authorities' (the relay's observed throughput, capped by what it declares).
 
 A client accepts a consensus only if more than half of its pinned authority
 keys signed it, it is within its validity interval (allowing ``CLOCK_SKEW``),
@@ -27,6 +35,7 @@ import dataclasses
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgpack
@@ -39,6 +48,7 @@ MAX_CONSENSUS: Final = 4 * 1024 * 1024
 CLOCK_SKEW: Final = 60.0
 _DESCRIPTOR_PREFIX: Final = b"hopchain descriptor v1\0"
 _CONSENSUS_PREFIX: Final = b"hopchain consensus v1\0"
+_VOTE_PREFIX: Final = b"hopchain vote v1\0"
 FLAGS: Final = frozenset(
     {"Running", "Valid", "Guard", "Exit", "BadExit", "Fast", "Stable"}
 )
@@ -51,6 +61,10 @@ class Descriptor:
     ``exit_ports`` lists inclusive (low, high) port ranges the exit accepts
     (empty: not an exit).  ``test_network`` means the relay accepts private
     and loopback destinations and addresses: only for declared test networks.
+    ``bandwidth`` is what the operator declares (bytes/s), and
+    ``observed_bandwidth`` what the relay measured of its own relayed
+    throughput (``hopchain.bandwidth``); in a consensus, ``bandwidth`` is
+    replaced by the authorities' value (see ``RouterStatus``).
     """
 
     nickname: str
@@ -64,6 +78,7 @@ class Descriptor:
     country: str
     published: float
     test_network: bool
+    observed_bandwidth: int = 0
 
     def allows_exit_to(self, port: int) -> bool:
         """Whether the exit policy accepts destination ``port``."""
@@ -84,7 +99,9 @@ class RouterStatus:
 
     ``descriptor.country`` here is the country the *authorities* list (from
     GeoIP for public addresses, else what the relay declared);
-    ``country_verified`` says which.
+    ``country_verified`` says which.  ``descriptor.bandwidth`` is the
+    authorities' bandwidth (what path selection weighs by), not the declared
+    one.
     """
 
     descriptor: Descriptor
@@ -94,13 +111,63 @@ class RouterStatus:
 
 @dataclass(frozen=True, slots=True)
 class Consensus:
-    """A verified consensus."""
+    """A verified consensus.
+
+    ``ignored_signers`` are the keys of signatures that were skipped because
+    the key is not pinned (for the caller to log).
+    """
 
     valid_after: float
     fresh_until: float
     valid_until: float
     relays: tuple[RouterStatus, ...]
     signers: frozenset[bytes]
+    ignored_signers: frozenset[bytes] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One relay as a vote or a consensus lists it.
+
+    ``signed`` is the relay's own signed descriptor; ``flags``, ``country``
+    (with ``verified``) and ``bandwidth`` (bytes/s) are the authority's (in a
+    vote) or the authorities' combined view (in a consensus).
+    """
+
+    signed: SignedDescriptor
+    flags: frozenset[str]
+    country: str
+    verified: bool
+    bandwidth: int
+
+    def encode(self) -> list[object]:
+        """The msgpack form: [descriptor, flags, country, verified, bandwidth]."""
+        return [
+            self.signed.raw,
+            sorted(self.flags),
+            self.country,
+            self.verified,
+            self.bandwidth,
+        ]
+
+    def status(self) -> RouterStatus:
+        """The client's view: the descriptor with the listed country and
+        bandwidth in place of the declared ones."""
+        listed = dataclasses.replace(
+            self.signed.descriptor, country=self.country, bandwidth=self.bandwidth
+        )
+        return RouterStatus(listed, self.flags, self.verified)
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """One authority's signed view of the network for one voting period."""
+
+    authority: bytes
+    valid_after: float
+    fresh_until: float
+    valid_until: float
+    listings: tuple[Listing, ...]
 
 
 def _pack(value: object) -> bytes:
@@ -136,6 +203,7 @@ def sign_descriptor(descriptor: Descriptor, sign: Callable[[bytes], bytes]) -> b
             "country": descriptor.country,
             "published": descriptor.published,
             "test_network": descriptor.test_network,
+            "observed_bandwidth": descriptor.observed_bandwidth,
         }
     )
     return _pack([body, sign(_DESCRIPTOR_PREFIX + body)])
@@ -202,6 +270,8 @@ def verify_descriptor(raw: bytes, now: float) -> SignedDescriptor:
     published = _field(body, "published", float)
     _require(published <= now + CLOCK_SKEW, "descriptor published in the future")
     test_network = _field(body, "test_network", bool)
+    observed = _field(body, "observed_bandwidth", int)
+    _require(observed >= 0, "negative observed bandwidth")
     descriptor = Descriptor(
         nickname=nickname,
         identity=identity,
@@ -214,31 +284,38 @@ def verify_descriptor(raw: bytes, now: float) -> SignedDescriptor:
         country=country.upper(),
         published=published,
         test_network=test_network,
+        observed_bandwidth=observed,
     )
     return SignedDescriptor(descriptor, raw)
 
 
+def utc_text(timestamp: float) -> str:
+    """A timestamp for messages and logs: UTC, to the second."""
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return repr(timestamp)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _times_body(valid_after: float, fresh_until: float, valid_until: float) -> Any:
+    return {
+        "valid_after": valid_after,
+        "fresh_until": fresh_until,
+        "valid_until": valid_until,
+    }
+
+
 def build_consensus(
-    relays: list[tuple[bytes, frozenset[str], str, bool]],
+    listings: list[Listing],
     valid_after: float,
     fresh_until: float,
     valid_until: float,
 ) -> bytes:
-    """The consensus body to be signed by each authority.
-
-    Each entry is (signed descriptor, flags, country, country verified).
-    """
-    return _pack(
-        {
-            "valid_after": valid_after,
-            "fresh_until": fresh_until,
-            "valid_until": valid_until,
-            "relays": [
-                [raw, sorted(flags), country, verified]
-                for raw, flags, country, verified in relays
-            ],
-        }
-    )
+    """The consensus body to be signed by each authority (listings in order)."""
+    body = _times_body(valid_after, fresh_until, valid_until)
+    body["relays"] = [listing.encode() for listing in listings]
+    return _pack(body)
 
 
 def sign_consensus(body: bytes, signatures: list[tuple[bytes, bytes]]) -> bytes:
@@ -251,12 +328,107 @@ def consensus_signing_message(body: bytes) -> bytes:
     return _CONSENSUS_PREFIX + body
 
 
+def consensus_body(raw: bytes) -> bytes:
+    """The signed body of a consensus document (nothing verified).
+
+    Raises:
+        DirectoryError: not a consensus document.
+    """
+    outer = _unpack(raw, MAX_CONSENSUS, "consensus")
+    _require(
+        isinstance(outer, list) and len(outer) == 2 and isinstance(outer[0], bytes),
+        "consensus is not [body, sigs]",
+    )
+    body: bytes = outer[0]
+    return body
+
+
+def sign_vote(vote: Vote, sign: Callable[[bytes], bytes]) -> bytes:
+    """The signed vote document (``sign`` is the authority key's sign)."""
+    body = _times_body(vote.valid_after, vote.fresh_until, vote.valid_until)
+    body["authority"] = vote.authority
+    body["relays"] = [listing.encode() for listing in vote.listings]
+    raw = _pack(body)
+    return _pack([raw, sign(_VOTE_PREFIX + raw)])
+
+
+def _times(body: dict[str, Any], what: str) -> tuple[float, float, float]:
+    times = [body.get(k) for k in ("valid_after", "fresh_until", "valid_until")]
+    floats = [t for t in times if isinstance(t, float)]
+    _require(len(floats) == 3, f"{what} times missing")
+    valid_after, fresh_until, valid_until = floats
+    _require(valid_after <= fresh_until <= valid_until, f"{what} times out of order")
+    return valid_after, fresh_until, valid_until
+
+
+def _listings(relays: object, now: float) -> list[Listing]:
+    """Parse the listings of a vote or consensus; every descriptor verifies."""
+    if not isinstance(relays, list):
+        raise DirectoryError("relays missing")
+    result = []
+    for item in relays:
+        _require(isinstance(item, list) and len(item) == 5, "bad relay entry")
+        desc_raw, flags, country, verified, bandwidth = item
+        _require(
+            isinstance(country, str)
+            and len(country) in (0, 2)
+            and country.isascii()
+            and (not country or country.isalpha()),
+            "bad relay country",
+        )
+        _require(isinstance(verified, bool), "bad relay country source")
+        _require(
+            isinstance(bandwidth, int)
+            and not isinstance(bandwidth, bool)
+            and bandwidth >= 0,
+            "bad relay bandwidth",
+        )
+        _require(isinstance(desc_raw, bytes), "bad relay descriptor")
+        _require(
+            isinstance(flags, list)
+            and all(isinstance(f, str) and f in FLAGS for f in flags),
+            "bad relay flags",
+        )
+        signed = verify_descriptor(desc_raw, now)
+        result.append(
+            Listing(signed, frozenset(flags), country.upper(), verified, bandwidth)
+        )
+    return result
+
+
+def verify_vote(raw: bytes, authorities: frozenset[bytes], now: float) -> Vote:
+    """Parse and check a vote from one of the configured ``authorities``.
+
+    Raises:
+        DirectoryError: malformed, not signed by its authority, from an
+            authority that is not configured, or listing a bad descriptor.
+    """
+    outer = _unpack(raw, MAX_CONSENSUS, "vote")
+    _require(isinstance(outer, list) and len(outer) == 2, "vote is not [body, sig]")
+    body_raw, signature = outer
+    _require(isinstance(body_raw, bytes) and isinstance(signature, bytes), "bad types")
+    body = _unpack(body_raw, MAX_CONSENSUS, "vote body")
+    _require(isinstance(body, dict), "vote body is not a map")
+    authority = body.get("authority")
+    _require(isinstance(authority, bytes), "vote without an authority key")
+    if authority not in authorities:
+        raise DirectoryError("vote from an authority that is not configured")
+    if not ed25519_verify(authority, _VOTE_PREFIX + body_raw, signature):
+        raise DirectoryError("vote signature does not verify")
+    valid_after, fresh_until, valid_until = _times(body, "vote")
+    listings = _listings(body.get("relays"), now)
+    identities = [listing.signed.descriptor.identity for listing in listings]
+    _require(len(set(identities)) == len(identities), "vote lists a relay twice")
+    return Vote(authority, valid_after, fresh_until, valid_until, tuple(listings))
+
+
 def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
     """Parse and check a consensus against the pinned authority keys.
 
     Raises:
         DirectoryError: too few valid signatures from pinned keys, outside its
-            validity interval, or malformed; the message says which.
+            validity interval, or malformed; the message says which, with
+            the counts or the times.
     """
     if not pinned:
         raise ValueError("no pinned authority keys")
@@ -267,61 +439,50 @@ def verify_consensus(raw: bytes, pinned: list[bytes], now: float) -> Consensus:
     body_raw, sigs = outer
     _require(isinstance(body_raw, bytes) and isinstance(sigs, list), "bad types")
     message = _CONSENSUS_PREFIX + body_raw
+    pinned_keys = set(pinned)
     signers = set()
+    ignored = set()
     for item in sigs:
         if not (isinstance(item, list) and len(item) == 2):
             continue
         key, sig = item
-        if (
-            isinstance(key, bytes)
-            and key in pinned
-            and isinstance(sig, bytes)
-            and ed25519_verify(key, message, sig)
-        ):
+        if not (isinstance(key, bytes) and isinstance(sig, bytes)):
+            continue
+        if key not in pinned_keys:
+            ignored.add(key)
+        elif ed25519_verify(key, message, sig):
             signers.add(key)
-    needed = len(set(pinned)) // 2 + 1
+    needed = len(pinned_keys) // 2 + 1
     if len(signers) < needed:
+        unpinned = (
+            f"; {len(ignored)} signature(s) by keys that are not pinned ignored"
+            if ignored
+            else ""
+        )
         raise DirectoryError(
-            f"consensus signed by {len(signers)} of the pinned authorities, "
-            f"{needed} needed"
+            f"consensus signed by {len(signers)} of the {len(pinned_keys)} pinned "
+            f"authorities, {needed} needed{unpinned}"
         )
     body = _unpack(body_raw, MAX_CONSENSUS, "consensus body")
     _require(isinstance(body, dict), "consensus body is not a map")
-    times = [body.get(k) for k in ("valid_after", "fresh_until", "valid_until")]
-    _require(all(isinstance(t, float) for t in times), "consensus times missing")
-    valid_after, fresh_until, valid_until = times
-    _require(valid_after <= fresh_until <= valid_until, "consensus times out of order")
+    valid_after, fresh_until, valid_until = _times(body, "consensus")
     if now + CLOCK_SKEW < valid_after:
-        raise DirectoryError("consensus is from the future (check the clock)")
+        raise DirectoryError(
+            f"consensus is from the future: valid after {utc_text(valid_after)}, "
+            f"but the clock says {utc_text(now)} (allowed skew {CLOCK_SKEW:.0f} s); "
+            "check the clock"
+        )
     if now - CLOCK_SKEW > valid_until:
-        raise DirectoryError("consensus is stale (past valid-until)")
-    statuses = []
-    relays = body.get("relays")
-    _require(isinstance(relays, list), "consensus relays missing")
-    for item in relays:
-        _require(isinstance(item, list) and len(item) == 4, "bad relay entry")
-        desc_raw, flags, country, verified = item
-        _require(
-            isinstance(country, str)
-            and len(country) in (0, 2)
-            and country.isascii()
-            and (not country or country.isalpha()),
-            "bad relay country",
+        raise DirectoryError(
+            f"consensus is stale: valid until {utc_text(valid_until)}, "
+            f"but the clock says {utc_text(now)} (allowed skew {CLOCK_SKEW:.0f} s)"
         )
-        _require(isinstance(verified, bool), "bad relay country source")
-        _require(isinstance(desc_raw, bytes), "bad relay descriptor")
-        _require(
-            isinstance(flags, list)
-            and all(isinstance(f, str) and f in FLAGS for f in flags),
-            "bad relay flags",
-        )
-        signed = verify_descriptor(desc_raw, now)
-        listed = dataclasses.replace(signed.descriptor, country=country.upper())
-        statuses.append(RouterStatus(listed, frozenset(flags), verified))
+    listings = _listings(body.get("relays"), now)
     return Consensus(
         valid_after=valid_after,
         fresh_until=fresh_until,
         valid_until=valid_until,
-        relays=tuple(statuses),
+        relays=tuple(listing.status() for listing in listings),
         signers=frozenset(signers),
+        ignored_signers=frozenset(ignored),
     )

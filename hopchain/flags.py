@@ -7,7 +7,7 @@ network and simulations can call it.  The thresholds follow Tor's spirit
 
 * Running: the last reachability test succeeded;
 * Valid: listed at all (every relay that passed a test);
-* Fast: declared bandwidth of at least ``fast_bandwidth`` (100 kB/s);
+* Fast: bandwidth of at least ``fast_bandwidth`` (100 kB/s);
 * Stable: up (reachable without interruption) for ``stable_uptime`` (1 h);
 * Guard: Fast, Stable, up for ``guard_uptime`` (1 day), and bandwidth at
   least the median of the Fast relays;
@@ -18,7 +18,9 @@ network and simulations can call it.  The thresholds follow Tor's spirit
 
 A declared test network uses ``TEST_NETWORK_THRESHOLDS`` (no waiting, as
 Tor's TestingTorNetwork does), so a demo has guards at once.  Bandwidth is
-what the relay declares; measuring it is future work (docs/protocol.md).
+``descriptor.bandwidth`` of each observation; the authority passes the
+descriptor with the bandwidth it lists (``voting.listed_bandwidth``: the
+observed throughput capped by the declared one), not the declared value.
 """
 
 import statistics

@@ -31,6 +31,7 @@ from hopchain.relay.stats import CountingStream, RelayStats
 from hopchain.relay.stream import CircuitStream, CreditSignal, forget_if_ended
 
 from hopchain import exitpolicy
+from hopchain.bandwidth import ThroughputMeter
 from hopchain.crypto import handshake
 from hopchain.crypto.keys import IdentityKey, OnionKey, fingerprint
 from hopchain.crypto.onion import HopKeys
@@ -133,6 +134,7 @@ class RelayNode:
             if config.exit_policy is None
             else config.exit_policy
         )
+        self.throughput = ThroughputMeter()  # relayed bytes, for the descriptor
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -182,15 +184,17 @@ class RelayNode:
             country=self.config.country,
             published=wall_clock(),
             test_network=self.config.test_network,
+            observed_bandwidth=self.throughput.observed(trio.current_time()),
         )
         return sign_descriptor(desc, self.identity.sign)
 
     async def _publish_loop(self) -> None:
         while True:
             ok = 0
+            descriptor = self.descriptor()  # the same one for every authority
             for authority in self.config.authorities:
                 try:
-                    await dirclient.publish(self.network, authority, self.descriptor())
+                    await dirclient.publish(self.network, authority, descriptor)
                     ok += 1
                 except DirectoryError as exc:
                     logger.warning(
@@ -266,6 +270,7 @@ class RelayNode:
         key = (link, cell.circ_id)
         command = cell.command
         if command is CellCommand.RELAY or command is CellCommand.RELAY_EARLY:
+            self.throughput.record(trio.current_time(), len(cell.body))
             circuit = self._by_prev.get(key)
             if circuit is not None:
                 self._forward(circuit, cell)

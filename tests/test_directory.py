@@ -17,12 +17,18 @@ from hopchain.directory import (
     FLAGS,
     MAX_DESCRIPTOR,
     Descriptor,
+    Listing,
+    SignedDescriptor,
+    Vote,
     build_consensus,
+    consensus_body,
     consensus_signing_message,
     sign_consensus,
     sign_descriptor,
+    sign_vote,
     verify_consensus,
     verify_descriptor,
+    verify_vote,
 )
 from hopchain.errors import DirectoryError
 
@@ -30,6 +36,7 @@ NOW = 1_700_000_000.0
 # The signed-message prefixes, as documented in the module docstring.
 DESCRIPTOR_PREFIX = b"hopchain descriptor v1\0"
 CONSENSUS_PREFIX = b"hopchain consensus v1\0"
+VOTE_PREFIX = b"hopchain vote v1\0"
 
 
 def key(label: str) -> IdentityKey:
@@ -53,6 +60,7 @@ def make_descriptor(identity: IdentityKey = RELAY, **changes: object) -> Descrip
         country="DE",
         published=NOW - 3600.0,
         test_network=False,
+        observed_bandwidth=250_000,
     )
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
@@ -77,17 +85,33 @@ def good_body(**changes: object) -> dict[str, object]:
         "country": desc.country,
         "published": desc.published,
         "test_network": desc.test_network,
+        "observed_bandwidth": desc.observed_bandwidth,
     }
     body.update(changes)
     return body
 
 
-def declared_country(raw: bytes) -> str:
-    """The country a (possibly broken) signed descriptor declares, or ""."""
+def listing(
+    raw: bytes,
+    flags: frozenset[str],
+    country: str | None = None,
+    verified: bool = False,
+    bandwidth: int | None = None,
+) -> Listing:
+    """A listing of a (possibly broken) signed descriptor; by default with the
+    country and bandwidth it declares, as an authority without a GeoIP
+    database and with a declared bandwidth below the observed one."""
     try:
-        return verify_descriptor(raw, float("inf")).descriptor.country
+        desc = verify_descriptor(raw, float("inf")).descriptor
     except DirectoryError:
-        return ""
+        desc = dataclasses.replace(make_descriptor(), country="", bandwidth=0)
+    return Listing(
+        SignedDescriptor(desc, raw),
+        flags,
+        desc.country if country is None else country,
+        verified,
+        desc.bandwidth if bandwidth is None else bandwidth,
+    )
 
 
 def consensus(
@@ -97,9 +121,7 @@ def consensus(
     fresh_until: float = NOW + 600.0,
     valid_until: float = NOW + 3600.0,
 ) -> bytes:
-    # List each relay with the country it declares, as an authority without
-    # a GeoIP database does.
-    entries = [(raw, flags, declared_country(raw), False) for raw, flags in relays]
+    entries = [listing(raw, flags) for raw, flags in relays]
     body = build_consensus(entries, valid_after, fresh_until, valid_until)
     message = consensus_signing_message(body)
     return sign_consensus(body, [(s.public, s.sign(message)) for s in signers])
@@ -144,6 +166,7 @@ def descriptors(draw: st.DrawFn) -> tuple[Descriptor, IdentityKey]:
         ),
         published=draw(st.floats(-1e12, NOW + CLOCK_SKEW)),
         test_network=draw(st.booleans()),
+        observed_bandwidth=draw(st.integers(0, 2**63 - 1)),
     )
     return desc, signer
 
@@ -221,6 +244,9 @@ BAD_FIELDS = {
     "or_port bool": {"or_port": True},
     "or_port float": {"or_port": 9001.0},
     "bandwidth negative": {"bandwidth": -1},
+    "observed bandwidth negative": {"observed_bandwidth": -1},
+    "observed bandwidth float": {"observed_bandwidth": 1.0},
+    "observed bandwidth missing": {"observed_bandwidth": None},
     "exit range reversed": {"exit_ports": [[443, 80]]},
     "exit range zero": {"exit_ports": [[0, 80]]},
     "exit range too high": {"exit_ports": [[80, 65536]]},
@@ -324,13 +350,29 @@ def test_prop_consensus_round_trip(
 def test_consensus_lists_the_authorities_country_not_the_declared_one() -> None:
     raw = sign_descriptor(make_descriptor(), RELAY.sign)  # declares its own
     body = build_consensus(
-        [(raw, RUNNING_EXIT, "NL", True)], NOW - 600.0, NOW + 600.0, NOW + 3600.0
+        [listing(raw, RUNNING_EXIT, "NL", True)],
+        NOW - 600.0,
+        NOW + 600.0,
+        NOW + 3600.0,
     )
     message = consensus_signing_message(body)
     doc = sign_consensus(body, [(a.public, a.sign(message)) for a in AUTHORITIES[:2]])
     (status,) = verify_consensus(doc, PINNED, NOW).relays
     assert status.descriptor.country == "NL"
     assert status.country_verified is True
+
+
+def test_consensus_lists_the_authorities_bandwidth_not_the_declared_one() -> None:
+    raw = sign_descriptor(make_descriptor(), RELAY.sign)  # declares 1 MB/s
+    body = build_consensus(
+        [listing(raw, RUNNING_EXIT, bandwidth=250_000)], NOW - 600.0, NOW, NOW + 60.0
+    )
+    doc = sign_consensus(
+        body, [(AUTHORITIES[0].public, AUTHORITIES[0].sign(CONSENSUS_PREFIX + body))]
+    )
+    (status,) = verify_consensus(doc, [AUTHORITIES[0].public], NOW).relays
+    assert status.descriptor.bandwidth == 250_000
+    assert consensus_body(doc) == body
 
 
 def relay_entry(published: float = NOW - 3600.0) -> tuple[bytes, frozenset[str]]:
@@ -379,7 +421,7 @@ def test_consensus_majority_of_pinned_keys(
 
 
 def test_consensus_repeated_or_unpinned_signatures_do_not_count() -> None:
-    body = build_consensus([(*relay_entry(), "", False)], NOW - 600.0, NOW, NOW + 600.0)
+    body = build_consensus([listing(*relay_entry())], NOW - 600.0, NOW, NOW + 600.0)
     message = consensus_signing_message(body)
     first = AUTHORITIES[0]
     sig = first.sign(message)
@@ -388,12 +430,24 @@ def test_consensus_repeated_or_unpinned_signatures_do_not_count() -> None:
         body,
         [(first.public, sig), (first.public, sig), (rogue.public, rogue.sign(message))],
     )
-    with pytest.raises(DirectoryError, match="signed by 1"):
+    with pytest.raises(
+        DirectoryError,
+        match=r"signed by 1 of the 3 pinned authorities, 2 needed; 1 signature\(s\) "
+        "by keys that are not pinned ignored",
+    ):
         verify_consensus(doc, PINNED, NOW)
 
 
+def test_consensus_reports_the_signatures_it_ignored() -> None:
+    rogue = key("rogue")
+    doc = consensus([relay_entry()], [*AUTHORITIES[:2], rogue])
+    result = verify_consensus(doc, PINNED, NOW)
+    assert result.signers == {a.public for a in AUTHORITIES[:2]}
+    assert result.ignored_signers == {rogue.public}
+
+
 def test_consensus_bad_signature_by_a_pinned_key_does_not_count() -> None:
-    body = build_consensus([(*relay_entry(), "", False)], NOW - 600.0, NOW, NOW + 600.0)
+    body = build_consensus([listing(*relay_entry())], NOW - 600.0, NOW, NOW + 600.0)
     message = consensus_signing_message(body)
     good = AUTHORITIES[0].sign(message)
     forged = AUTHORITIES[0].sign(message + b"x")
@@ -412,7 +466,11 @@ def test_consensus_signature_covers_the_documented_message() -> None:
 def test_consensus_stale_is_refused() -> None:
     doc = consensus([relay_entry()], AUTHORITIES[:2], NOW - 7200.0, NOW - 3600.0, NOW)
     assert verify_consensus(doc, PINNED, NOW + CLOCK_SKEW).valid_until == NOW
-    with pytest.raises(DirectoryError, match="stale"):
+    with pytest.raises(
+        DirectoryError,
+        match=r"^consensus is stale: valid until 2023-11-14 22:13:20 UTC, but the "
+        r"clock says 2023-11-14 22:14:21 UTC \(allowed skew 60 s\)$",
+    ):
         verify_consensus(doc, PINNED, NOW + CLOCK_SKEW + 1)
 
 
@@ -420,7 +478,12 @@ def test_consensus_from_the_future_is_refused() -> None:
     doc = consensus(
         [relay_entry()], AUTHORITIES[:2], NOW + 600.0, NOW + 1200.0, NOW + 3600.0
     )
-    with pytest.raises(DirectoryError, match="future"):
+    with pytest.raises(
+        DirectoryError,
+        match=r"^consensus is from the future: valid after 2023-11-14 22:23:20 UTC, "
+        r"but the clock says 2023-11-14 22:13:20 UTC \(allowed skew 60 s\); "
+        "check the clock$",
+    ):
         verify_consensus(doc, PINNED, NOW)
     assert verify_consensus(doc, PINNED, NOW + 600.0 - CLOCK_SKEW).relays
 
@@ -466,6 +529,20 @@ BAD_BODIES = {
     "flag is a list": {**GOOD_TIMES, "relays": [[b"x", [["Running"]]]]},
     "flag is a map": {**GOOD_TIMES, "relays": [[b"x", [{"a": 1}]]]},
     "garbage descriptor": {**GOOD_TIMES, "relays": [[b"\xc1", ["Running"]]]},
+    "negative bandwidth": {
+        **GOOD_TIMES,
+        "relays": [[sign_descriptor(make_descriptor(), RELAY.sign), [], "", False, -1]],
+    },
+    "bandwidth bool": {
+        **GOOD_TIMES,
+        "relays": [
+            [sign_descriptor(make_descriptor(), RELAY.sign), [], "", False, True]
+        ],
+    },
+    "four-field entry": {
+        **GOOD_TIMES,
+        "relays": [[sign_descriptor(make_descriptor(), RELAY.sign), [], "", False]],
+    },
 }
 
 
@@ -560,10 +637,112 @@ def test_prop_signed_consensus_garbage(changes: dict[str, object]) -> None:
     """Malformed bodies signed by a pinned key never escape as other errors."""
     body: dict[str, object] = {
         **GOOD_TIMES,
-        "relays": [[relay_entry()[0], ["Running"], "", False]],
+        "relays": [[relay_entry()[0], ["Running"], "", False, 1000]],
     }
     body.update(changes)
     with contextlib.suppress(DirectoryError):
         verify_consensus(
             signed_consensus_body(body, AUTHORITIES[0]), [AUTHORITIES[0].public], NOW
         )
+
+
+# --- votes ---------------------------------------------------------------------
+
+
+def make_vote(
+    authority: IdentityKey = AUTHORITIES[0], relays: int = 2
+) -> tuple[Vote, bytes]:
+    listings = tuple(
+        listing(
+            sign_descriptor(
+                make_descriptor(key(f"voted {i}"), nickname=f"voted{i}"),
+                key(f"voted {i}").sign,
+            ),
+            RUNNING_EXIT,
+            "SE",
+            True,
+            30_000 * (i + 1),
+        )
+        for i in range(relays)
+    )
+    vote = Vote(authority.public, NOW, NOW + 600.0, NOW + 1800.0, listings)
+    return vote, sign_vote(vote, authority.sign)
+
+
+def test_vote_round_trip() -> None:
+    vote, raw = make_vote()
+    got = verify_vote(raw, frozenset(PINNED), NOW)
+    assert got.authority == vote.authority
+    assert (got.valid_after, got.fresh_until, got.valid_until) == (
+        NOW,
+        NOW + 600.0,
+        NOW + 1800.0,
+    )
+    assert [
+        (x.signed.raw, x.flags, x.country, x.verified, x.bandwidth)
+        for x in got.listings
+    ] == [
+        (x.signed.raw, x.flags, x.country, x.verified, x.bandwidth)
+        for x in vote.listings
+    ]
+
+
+def test_vote_signature_covers_the_documented_message() -> None:
+    _, raw = make_vote()
+    body, signature = msgpack.unpackb(raw)
+    assert primitives.ed25519_verify(
+        AUTHORITIES[0].public, VOTE_PREFIX + body, signature
+    )
+
+
+def test_vote_from_an_authority_that_is_not_configured_is_refused() -> None:
+    _, raw = make_vote(key("stranger"))
+    with pytest.raises(DirectoryError, match="not configured"):
+        verify_vote(raw, frozenset(PINNED), NOW)
+
+
+def test_vote_with_a_forged_signature_is_refused() -> None:
+    _, raw = make_vote()
+    body, _ = msgpack.unpackb(raw)
+    forged = msgpack.packb([body, AUTHORITIES[1].sign(VOTE_PREFIX + body)])
+    with pytest.raises(DirectoryError, match="signature"):
+        verify_vote(forged, frozenset(PINNED), NOW)
+
+
+def test_vote_listing_a_relay_twice_is_refused() -> None:
+    vote, _ = make_vote(relays=1)
+    doubled = dataclasses.replace(vote, listings=vote.listings * 2)
+    with pytest.raises(DirectoryError, match="twice"):
+        verify_vote(sign_vote(doubled, AUTHORITIES[0].sign), frozenset(PINNED), NOW)
+
+
+@given(st.binary(max_size=300))
+def test_prop_verify_vote_arbitrary_bytes(raw: bytes) -> None:
+    with contextlib.suppress(DirectoryError):
+        verify_vote(raw, frozenset(PINNED), NOW)
+
+
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "authority": msgpack_values,
+            "valid_after": msgpack_values,
+            "fresh_until": msgpack_values,
+            "valid_until": msgpack_values,
+            "relays": relay_lists | msgpack_values,
+        },
+    )
+)
+def test_prop_signed_vote_garbage(changes: dict[str, object]) -> None:
+    """Malformed vote bodies signed by a configured key give DirectoryError."""
+    body: dict[str, object] = {
+        **GOOD_TIMES,
+        "authority": AUTHORITIES[0].public,
+        "relays": [[relay_entry()[0], ["Running"], "", False, 1000]],
+    }
+    body.update(changes)
+    raw = msgpack.packb(body, use_bin_type=True)
+    document = msgpack.packb([raw, AUTHORITIES[0].sign(VOTE_PREFIX + raw)])
+    with contextlib.suppress(DirectoryError):
+        verify_vote(document, frozenset(PINNED), NOW)

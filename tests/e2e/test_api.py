@@ -222,7 +222,7 @@ async def test_fallback_circuits_are_reused_not_rebuilt_per_stream(
 async def test_bad_exits_are_never_used(testnet: LoopbackNet) -> None:
     by_country = {r.config.country: r for r in testnet.relays}
     testnet.authority.bad_exits = frozenset({by_country["DE"].identity.public})
-    testnet.authority._consensus = None  # the operator's change takes effect
+    testnet.authority.listing_changed()  # the operator's change takes effect
     with trio.fail_after(60):
         async with connect([testnet.authority_address], test_network=True) as client:
             for n in range(8):  # a coin flip each without BadExit

@@ -63,14 +63,21 @@ def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
         (["client", "--authority", "127.0.0.1:7000=abcd"], "key must be 64 hex digits"),
         (["demo", "--relays", "2"], "--relays must be at least 3"),
         (["demo", "--exits", "5"], "--exits must be between 1 and relays - 1"),
+        (["demo", "--authorities", "0"], "--authorities must be between 1 and 9"),
+        (
+            ["authority", "--vote-interval", "0"],
+            "--vote-interval must be at least 1 second",
+        ),
+        (["authority", "--peer", "127.0.0.1:7001"], "is not HOST:PORT=HEXKEY"),
     ],
 )
 def test_bad_arguments_give_one_clear_error(
     args: list[str], message: str, tmp_path: Path
 ) -> None:
-    if args[0] == "relay":
+    if args[0] in ("relay", "authority"):
         args = [*args, "--data-dir", str(tmp_path / "keys")]
     result = hopchain(*args)
+    assert not (tmp_path / "keys").exists()  # refused before any key is made
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -107,6 +108,11 @@ async def test_demo_serves_socks_and_stops_cleanly(
                 output += chunk
             peer = await trio.to_thread.run_sync(_echo, socks_port, origin_port)
             assert f"HTTP proxy: 127.0.0.1:{http_port}".encode() in output
+            assert b"hopchain demo is up: 3 authorities" in output
+            authority_lines = re.findall(
+                rb"^  (127\.0\.0\.1:\d+=[0-9a-f]{64})$", output, re.MULTILINE
+            )
+            assert len(set(authority_lines)) == 3
             via_http = await trio.to_thread.run_sync(
                 _echo_via_http_connect, http_port, origin_port
             )
@@ -129,7 +135,9 @@ async def test_demo_serves_socks_and_stops_cleanly(
                 await pipe.aclose()
     assert (data_dir / "client.log").exists()
     assert sorted(p.name for p in data_dir.glob("*.log")) == [
-        "authority.log",
+        "authority1.log",
+        "authority2.log",
+        "authority3.log",
         "client.log",
         "exit4.log",
         "exit5.log",

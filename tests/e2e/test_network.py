@@ -178,7 +178,7 @@ async def test_client_refuses_a_consensus_from_an_unpinned_key(
     )
     with (
         trio.fail_after(30),
-        pytest.raises(DirectoryError, match="signed by 0 of the pinned"),
+        pytest.raises(DirectoryError, match="signed by 0 of the 1 pinned"),
     ):
         await client.fetch_consensus()
 
