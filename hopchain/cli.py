@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
+from hopchain.relaylimits import add_limit_options, limits_from_args
 
 logger = logging.getLogger("hopchain")
 
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds between descriptor uploads",
     )
+    add_limit_options(relay)
     _add_common(relay)
 
     client = sub.add_parser(
@@ -575,6 +577,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         bandwidth=args.bandwidth,
         country=args.country.upper(),
         publish_interval=args.publish_interval,
+        limits=limits_from_args(args),
     )
     node = RelayNode(config, identity, onion, TcpNetwork())
 

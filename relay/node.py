@@ -17,9 +17,11 @@ from typing import Any, Final
 import trio
 from hopchain.relay import dirclient
 from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.limits import RelayLimiter, ThrottledStream
 from hopchain.relay.link import (
     LINK_SETUP_ERRORS,
     Link,
+    SharedLimits,
     check_authenticate,
     initiate,
     respond,
@@ -52,7 +54,9 @@ from hopchain.messages import (
     Resolve,
     Sendme,
 )
+from hopchain.oom import select_victims
 from hopchain.relaycircuit import Deliver, Forward, RelayCircuit, Respond
+from hopchain.relaylimits import RelayLimits
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class RelayConfig:
     bandwidth: int = 10_000_000
     country: str = ""
     publish_interval: float = 600.0
+    limits: RelayLimits = field(default_factory=RelayLimits)
 
 
 @dataclass(eq=False)
@@ -118,6 +123,13 @@ class RelayNode:
         self._link_locks: dict[bytes, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self.published = trio.Event()
+        # Resource limits (relay/limits.py); the counters live on self.limits.
+        self.limits = RelayLimiter(config.limits)
+        self._shared = SharedLimits(
+            self.limits.budget, self._out_of_memory, self.limits
+        )
+        self._link_addresses: dict[Link, str] = {}
+        self._in_oom = False
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -184,12 +196,38 @@ class RelayNode:
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         try:
-            link = await respond(stream, self.identity, self.onion_keys)
+            address = str(stream.socket.getpeername()[0])
+        except OSError:
+            await stream.aclose()
+            return  # gone already
+        if not self.limits.link_opened(address):  # before any crypto work
+            await stream.aclose()
+            return
+        try:
+            await self._serve_inbound(stream, address)
+        finally:
+            self.limits.link_closed(address)
+
+    async def _serve_inbound(self, stream: trio.SocketStream, address: str) -> None:
+        try:
+            link = await respond(
+                stream,
+                self.identity,
+                self.onion_keys,
+                timeout=self.limits.config.handshake_timeout,
+                shared=self._shared,
+            )
         except LINK_SETUP_ERRORS as exc:
+            if isinstance(exc, trio.TooSlowError):
+                self.limits.handshake_timed_out()
             logger.debug("inbound link handshake failed: %s", exc)
             await stream.aclose()
             return
-        await self._run_link(link, inbound=True)
+        self._link_addresses[link] = address
+        try:
+            await self._run_link(link, inbound=True)
+        finally:
+            del self._link_addresses[link]
 
     async def _run_link(self, link: Link, *, inbound: bool) -> None:
         try:
@@ -216,7 +254,11 @@ class RelayNode:
             )
             try:
                 link = await initiate(
-                    stream, identity, onion_key, own_identity=self.identity
+                    stream,
+                    identity,
+                    onion_key,
+                    own_identity=self.identity,
+                    shared=self._shared,
                 )
             except BaseException:
                 await trio.aclose_forcefully(stream)
@@ -261,6 +303,15 @@ class RelayNode:
                 raise LinkError(str(exc)) from exc
 
     def _create(self, link: Link, cell: Cell) -> None:
+        # Per-address limits apply to clients; a relay (authenticated link)
+        # carries many clients' circuits and is exempt.  Checked before the
+        # handshake's crypto work.
+        client = None if link.peer_identity else self._link_addresses.get(link)
+        if not self.limits.may_create(client):
+            link.send(
+                cell.circ_id, CellCommand.DESTROY, bytes([EndReason.RESOURCE_LIMIT])
+            )
+            return
         try:
             reply, prk = handshake.server_reply_with_ephemeral(
                 handshake.CIRCUIT_LABEL,
@@ -305,6 +356,8 @@ class RelayNode:
 
     def _send_back(self, circuit: _Circuit, bodies: list[bytes]) -> None:
         for body in bodies:
+            if circuit.closed:
+                return  # the out-of-memory handler closed it meanwhile
             if not circuit.prev.send(circuit.prev_id, CellCommand.RELAY, body):
                 raise ProtocolError(_QUEUE_REFUSED)
 
@@ -337,6 +390,42 @@ class RelayNode:
         for scope in [*circuit.connecting.values(), *circuit.resolving.values()]:
             scope.cancel()
         circuit.credit.fire()
+
+    def _out_of_memory(self) -> None:
+        """Queued cells exceed the cap: close the circuits holding the most
+        (``oom.select_victims``), dropping their queued cells, until the
+        total is back under the handler's target.  Runs inside ``Link.send``."""
+        if self._in_oom:
+            return  # the DESTROY cells of a teardown below
+        self._in_oom = True
+        try:
+            budget = self.limits.budget
+            before = budget.queued
+            circuits = {*self._by_prev.values(), *self._by_next.values()}
+            queued = {
+                c: c.prev.queued_for(c.prev_id)
+                + (c.next.queued_for(c.next_id) if c.next is not None else 0)
+                for c in circuits
+            }
+            victims = select_victims(queued, budget.queued, budget.target)
+            for circuit in victims:
+                circuit.prev.drop_circuit(circuit.prev_id)
+                if circuit.next is not None:
+                    circuit.next.drop_circuit(circuit.next_id)
+                self._teardown(circuit)
+            self.limits.oom_circuits_closed += len(victims)
+            self.limits.oom_bytes_freed += max(0, before - budget.queued)
+            self.limits.hit(
+                "oom",
+                "out of memory: %d bytes of cells queued, over the cap of %d; "
+                "closed %d circuits holding the most, %d bytes left",
+                before,
+                budget.cap,
+                len(victims),
+                budget.queued,
+            )
+        finally:
+            self._in_oom = False
 
     # --- messages for this hop ------------------------------------------------
 
@@ -482,7 +571,7 @@ class RelayNode:
             circuit.half_closed.discard(sid)
             stream.remote_end()
         try:
-            await splice(socket, stream)
+            await splice(ThrottledStream(socket, self.limits), stream)
         finally:
             # A closed stream stays registered until the client's END too, so
             # its late data is credited and reset rather than unexpected.

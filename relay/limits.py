@@ -1,0 +1,252 @@
+"""A relay's resource limits: bandwidth, accounting, per-address DoS limits,
+the handshake deadline and the queued-cell memory cap.
+
+``hopchain.relaylimits.RelayLimits`` is the configuration (with the
+``hopchain relay`` options); ``RelayLimiter`` applies it for one
+``RelayNode`` (``RelayNode.limits``) and holds the counters the metrics
+read:
+
+* ``hits``: limit hits by kind (``HIT_KINDS``);
+* ``queued_bytes`` / ``queued_bytes_peak``: cell bytes queued on all links
+  now, and the highest total seen after the cap was enforced;
+* ``oom_circuits_closed`` / ``oom_bytes_freed``: what the out-of-memory
+  handler has done;
+* ``accounting_used`` / ``hibernating``: this accounting period's bytes, and
+  whether new circuits are refused because of them;
+* ``links_open``: inbound links now, per-address counted.
+
+The pure parts are in the core: ``hopchain.ratelimit`` (token buckets),
+``hopchain.accounting`` and ``hopchain.oom``.  Bandwidth is limited on
+reads only (Tor has a read and a write bucket): every relayed byte is read
+once, from a link or an exit connection, and leaves in about the same
+number of bytes, so the write rate follows the read rate.
+"""
+
+import logging
+from collections.abc import Callable
+from typing import Final
+
+import trio
+from hopchain.relay.net import RECEIVE_CHUNK, wall_clock
+
+from hopchain.accounting import Accounting
+from hopchain.oom import QueueBudget
+from hopchain.ratelimit import AddressBuckets, AddressCounts, TokenBucket
+from hopchain.relaylimits import RelayLimits
+
+__all__ = ["HIT_KINDS", "RelayLimiter", "ThrottledStream"]
+
+logger = logging.getLogger(__name__)
+
+HIT_KINDS: Final = (
+    "links_per_address",
+    "circuit_creation_rate",
+    "handshake_timeout",
+    "accounting",
+    "bandwidth",
+    "oom",
+)
+# A read waits until the bucket holds this many bytes (or its whole burst),
+# so a throttled link reads in chunks worth a system call.
+MIN_READ: Final = 16 * 1024
+LOG_INTERVAL: Final = 60.0
+
+
+class _LogThrottle:
+    """At most one log line per kind per ``LOG_INTERVAL``, with a count of
+    the hits in between."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def hit(self, kind: str, now: float, message: str, *args: object) -> None:
+        self._since[kind] = self._since.get(kind, 0) + 1
+        last = self._last.get(kind)
+        if last is not None and now - last < LOG_INTERVAL:
+            return
+        count = self._since.pop(kind)
+        self._last[kind] = now
+        logger.warning("%s (%d times since the last such line)", message % args, count)
+
+
+class RelayLimiter:
+    """Applies ``RelayLimits`` for one relay (see the module docstring).
+
+    ``clock`` is the monotonic clock for the buckets (trio's, so tests can
+    use a mock clock); ``wall`` the UTC clock for accounting periods.
+    """
+
+    def __init__(
+        self,
+        config: RelayLimits,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+        wall: Callable[[], float] = wall_clock,
+    ) -> None:
+        config.check()
+        self.config = config
+        self._clock = clock
+        self._wall = wall
+        self.bandwidth = TokenBucket(config.bandwidth_rate, config.burst)
+        self.accounting = Accounting(
+            config.accounting_max, config.accounting_period, wall()
+        )
+        self.budget = QueueBudget(config.max_queued_bytes)
+        self._links = AddressCounts(config.links_per_address)
+        self._creates = AddressBuckets(config.creates_per_second, config.creates_burst)
+        self._log = _LogThrottle()
+        self.hits: dict[str, int] = dict.fromkeys(HIT_KINDS, 0)
+        self.oom_circuits_closed = 0
+        self.oom_bytes_freed = 0
+        self.hibernating = False
+
+    def reload(self, config: RelayLimits) -> None:
+        """Apply new limits without dropping links or circuits."""
+        config.check()
+        now = self._clock()
+        self.config = config
+        self.bandwidth.reconfigure(config.bandwidth_rate, config.burst, now)
+        self.accounting.max_bytes = config.accounting_max
+        if config.accounting_period != self.accounting.period:
+            self.accounting = Accounting(
+                config.accounting_max, config.accounting_period, self._wall()
+            )
+        self.budget.cap = config.max_queued_bytes
+        self._links.limit = config.links_per_address
+        self._creates.reconfigure(config.creates_per_second, config.creates_burst)
+
+    # --- counters -------------------------------------------------------------
+
+    @property
+    def queued_bytes(self) -> int:
+        """Cell bytes queued on all links now."""
+        return self.budget.queued
+
+    @property
+    def queued_bytes_peak(self) -> int:
+        """The most cell bytes queued at once, after the cap was enforced."""
+        return self.budget.peak
+
+    @property
+    def accounting_used(self) -> int:
+        """Bytes read in this accounting period."""
+        return self.accounting.used
+
+    @property
+    def links_open(self) -> int:
+        """Addresses with at least one inbound link now."""
+        return len(self._links)
+
+    def hit(self, kind: str, message: str, *args: object) -> None:
+        """Count a limit hit and log it (rate-limited per kind)."""
+        self.hits[kind] += 1
+        self._log.hit(kind, self._clock(), message, *args)
+
+    # --- per-address DoS limits ----------------------------------------------
+
+    def link_opened(self, address: str) -> bool:
+        """Count an inbound link from ``address``; False (not counted) if
+        that address already has the most allowed."""
+        if self._links.acquire(address):
+            return True
+        self.hit(
+            "links_per_address",
+            "concurrent link limit hit for a client address [scrubbed]: %d "
+            "links, refusing",
+            self._links.limit,
+        )
+        return False
+
+    def link_closed(self, address: str) -> None:
+        """An inbound link counted by ``link_opened`` has ended."""
+        self._links.release(address)
+
+    def may_create(self, address: str | None) -> bool:
+        """Whether a CREATE from ``address`` (None: a relay, exempt) may be
+        answered now; counts and logs a refusal."""
+        if self.hibernating_now():
+            self.hit(
+                "accounting",
+                "accounting limit of %d bytes reached for this period, "
+                "refusing new circuits",
+                self.accounting.max_bytes,
+            )
+            return False
+        if address is None or self._creates.take(address, self._clock()):
+            return True
+        self.hit(
+            "circuit_creation_rate",
+            "circuit creation limit hit for a client address [scrubbed]: %g/s, "
+            "refusing",
+            self.config.creates_per_second,
+        )
+        return False
+
+    def hibernating_now(self) -> bool:
+        """Whether this accounting period's bytes are used up."""
+        self.hibernating = self.accounting.exhausted(self._wall())
+        return self.hibernating
+
+    def handshake_timed_out(self) -> None:
+        """Count an inbound link that did not finish its handshake in time."""
+        self.hit(
+            "handshake_timeout",
+            "inbound link handshake not finished within %g s, closing",
+            self.config.handshake_timeout,
+        )
+
+    # --- bandwidth -------------------------------------------------------------
+
+    async def read_allowance(self, wanted: int) -> int:
+        """Wait until the bandwidth bucket allows a read; the most to read."""
+        bucket = self.bandwidth
+        if bucket.unlimited:
+            return wanted
+        need = min(MIN_READ, wanted)
+        delay = bucket.wait_time(need, self._clock())
+        if delay > 0:
+            self.hits["bandwidth"] += 1
+            await trio.sleep(delay)
+        return max(need, min(wanted, int(bucket.available(self._clock()))))
+
+    def bytes_read(self, n: int) -> None:
+        """Charge ``n`` relayed bytes read to the bucket and the accounting."""
+        self.bandwidth.consume(n, self._clock())
+        if self.accounting.max_bytes:
+            self.accounting.add(n, self._wall())
+
+
+class ThrottledStream(trio.abc.HalfCloseableStream):
+    """An exit connection whose reads are charged to the relay's bandwidth
+    limit (the bytes a destination sends are relayed traffic too)."""
+
+    def __init__(
+        self, stream: trio.abc.HalfCloseableStream, limiter: RelayLimiter
+    ) -> None:
+        self._stream = stream
+        self._limiter = limiter
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Read at most what the bandwidth bucket allows."""
+        wanted = RECEIVE_CHUNK if max_bytes is None else max_bytes
+        allowed = await self._limiter.read_allowance(wanted)
+        data = await self._stream.receive_some(min(wanted, allowed))
+        self._limiter.bytes_read(len(data))
+        return bytes(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """As the wrapped stream."""
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.aclose()
