@@ -145,9 +145,11 @@ class AddressCounts:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.total = 0
         self._counts: dict[str, int] = {}
 
     def __len__(self) -> int:
+        """The number of addresses counted."""
         return len(self._counts)
 
     def count(self, address: str) -> int:
@@ -160,11 +162,13 @@ class AddressCounts:
         if self.limit and current >= self.limit:
             return False
         self._counts[address] = current + 1
+        self.total += 1
         return True
 
     def release(self, address: str) -> None:
         """Count one less for ``address`` (which must hold at least one)."""
         left = self._counts[address] - 1
+        self.total -= 1
         if left:
             self._counts[address] = left
         else:

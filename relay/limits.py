@@ -13,7 +13,8 @@ read:
   handler has done;
 * ``accounting_used`` / ``hibernating``: this accounting period's bytes, and
   whether new circuits are refused because of them;
-* ``links_open``: inbound links now, per-address counted.
+* ``links_open``: inbound links now (``links_from(address)``: from one
+  address).
 
 The pure parts are in the core: ``hopchain.ratelimit`` (token buckets),
 ``hopchain.accounting`` and ``hopchain.oom``.  Bandwidth is limited on
@@ -135,8 +136,12 @@ class RelayLimiter:
 
     @property
     def links_open(self) -> int:
-        """Addresses with at least one inbound link now."""
-        return len(self._links)
+        """Inbound links now (handshaking or established)."""
+        return self._links.total
+
+    def links_from(self, address: str) -> int:
+        """Inbound links from one address now."""
+        return self._links.count(address)
 
     def hit(self, kind: str, message: str, *args: object) -> None:
         """Count a limit hit and log it (rate-limited per kind)."""

@@ -140,6 +140,7 @@ def test_address_counts_cap_concurrency_and_forget_idle_addresses() -> None:
     assert not counts.acquire("a")
     assert counts.acquire("b")
     assert counts.count("a") == 2
+    assert counts.total == 3
     counts.release("a")
     assert counts.acquire("a")
     for _ in range(2):
