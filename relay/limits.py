@@ -203,8 +203,15 @@ class RelayLimiter:
 
     # --- bandwidth -------------------------------------------------------------
 
-    async def read_allowance(self, wanted: int) -> int:
-        """Wait until the bandwidth bucket allows a read; the most to read."""
+    async def read_allowance(self, wanted: int, *, whole: bool = False) -> int:
+        """Wait until the bandwidth bucket allows a read; the most to read.
+
+        A link reads what the bucket holds (at least ``MIN_READ``).  With
+        ``whole`` (an exit connection) the read may take all ``wanted``
+        bytes, leaving the bucket in debt: the bytes become DATA cells, and
+        cutting the read short would send part-empty fixed-size cells, which
+        cost the next relays the same bandwidth for less data.
+        """
         bucket = self.bandwidth
         if bucket.unlimited:
             return wanted
@@ -213,6 +220,8 @@ class RelayLimiter:
         if delay > 0:
             self.hits["bandwidth"] += 1
             await trio.sleep(delay)
+        if whole:
+            return wanted
         return max(need, min(wanted, int(bucket.available(self._clock()))))
 
     def bytes_read(self, n: int) -> None:
@@ -235,8 +244,8 @@ class ThrottledStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Read at most what the bandwidth bucket allows."""
         wanted = RECEIVE_CHUNK if max_bytes is None else max_bytes
-        allowed = await self._limiter.read_allowance(wanted)
-        data = await self._stream.receive_some(min(wanted, allowed))
+        await self._limiter.read_allowance(wanted, whole=True)
+        data = await self._stream.receive_some(wanted)
         self._limiter.bytes_read(len(data))
         return bytes(data)
 
