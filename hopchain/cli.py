@@ -566,6 +566,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     ensure_private_dir(args.data_dir)
     identity = IdentityKey(load_or_create_secret(args.data_dir / "identity.key"))
     onion = OnionKey(load_or_create_secret(args.data_dir / "onion.key"))
+    limits = limits_from_args(args)
     config = RelayConfig(
         nickname=args.nickname,
         address=args.address,
@@ -574,10 +575,10 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         exit=args.exit,
         exit_ports=args.exit_ports,
         test_network=args.test_network,
-        bandwidth=args.bandwidth,
+        bandwidth=limits.advertised(args.bandwidth),
         country=args.country.upper(),
         publish_interval=args.publish_interval,
-        limits=limits_from_args(args),
+        limits=limits,
     )
     node = RelayNode(config, identity, onion, TcpNetwork())
 

@@ -53,35 +53,43 @@ class RelayLimits:
     max_queued_bytes: int = 64 * MIB
 
     def check(self) -> None:
-        """Raise ConfigError for values that make no sense."""
+        """Raise ConfigError, naming the option, for values that make no
+        sense."""
         numbers = {
-            "bandwidth rate": self.bandwidth_rate,
-            "bandwidth burst": self.bandwidth_burst,
-            "accounting max": self.accounting_max,
-            "links per address": self.links_per_address,
-            "circuit creations per second": self.creates_per_second,
-            "circuit creation burst": self.creates_burst,
-            "max queued bytes": self.max_queued_bytes,
+            "--bandwidth-rate": self.bandwidth_rate,
+            "--bandwidth-burst": self.bandwidth_burst,
+            "--accounting-max": self.accounting_max,
+            "--max-links-per-address": self.links_per_address,
+            "--max-creates-per-second": self.creates_per_second,
+            "--max-creates-burst": self.creates_burst,
+            "--max-queued-bytes": self.max_queued_bytes,
         }
         for name, value in numbers.items():
             if value < 0:
                 raise ConfigError(f"{name} must not be negative")
         if not self.handshake_timeout > 0:
-            raise ConfigError("handshake timeout must be positive")
+            raise ConfigError("--handshake-timeout must be positive")
         if self.creates_per_second and self.creates_burst < 1:
-            raise ConfigError("circuit creation burst must be at least 1")
+            raise ConfigError("--max-creates-burst must be at least 1")
         if 0 < self.bandwidth_burst < self.bandwidth_rate:
-            raise ConfigError("bandwidth burst must be at least the rate")
+            raise ConfigError("--bandwidth-burst must be at least --bandwidth-rate")
         if isinstance(self.accounting_period, str):
             try:
                 parse_period(self.accounting_period)
             except ValueError as exc:
-                raise ConfigError(f"accounting period: {exc}") from exc
+                raise ConfigError(f"--accounting-period: {exc}") from exc
 
     @property
     def burst(self) -> int:
         """The bandwidth burst in effect."""
         return self.bandwidth_burst or self.bandwidth_rate
+
+    def advertised(self, bandwidth: int) -> int:
+        """The bandwidth to put in the descriptor: never above the rate
+        limit, or clients would send more than the relay lets through."""
+        if self.bandwidth_rate:
+            return min(bandwidth, self.bandwidth_rate)
+        return bandwidth
 
 
 def parse_size(text: str) -> int:
@@ -124,8 +132,8 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
         default=d.bandwidth_rate,
         metavar="BYTES",
         help="bytes per second read from links and exit connections, for all "
-        "circuits together (default 0: unlimited); keep --bandwidth at or "
-        "below it",
+        "circuits together (default 0: unlimited); the advertised --bandwidth "
+        "is lowered to it",
     )
     group.add_argument(
         "--bandwidth-burst",

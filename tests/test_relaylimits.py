@@ -84,6 +84,9 @@ def test_options_reach_the_settings() -> None:
         max_queued_bytes=8 * MIB,
     )
     assert limits.burst == 2 * MIB
+    assert limits.advertised(10_000_000) == MIB
+    assert limits.advertised(1000) == 1000
+    assert RelayLimits().advertised(10_000_000) == 10_000_000
     assert RelayLimits(bandwidth_rate=100).burst == 100
     assert parse("--accounting-period", "86400").accounting_period == 86400
 
