@@ -35,6 +35,9 @@ class RelayLimits:
             refused until the period ends.
         accounting_period: ``day``, ``week``, ``month`` or seconds.
         links_per_address: concurrent inbound links from one address.
+        new_links_per_second: new inbound links per second from one
+            address (its burst is ``links_per_address``, or 100 without
+            that).
         creates_per_second: circuit creations per second per address.
         creates_burst: circuit creations one address may make at once.
         handshake_timeout: seconds an inbound link has for its handshake
@@ -47,6 +50,7 @@ class RelayLimits:
     accounting_max: int = 0
     accounting_period: str | int = "month"
     links_per_address: int = 100
+    new_links_per_second: float = 10.0
     creates_per_second: float = 20.0
     creates_burst: int = 400
     handshake_timeout: float = 10.0
@@ -60,6 +64,7 @@ class RelayLimits:
             "--bandwidth-burst": self.bandwidth_burst,
             "--accounting-max": self.accounting_max,
             "--max-links-per-address": self.links_per_address,
+            "--max-new-links-per-second": self.new_links_per_second,
             "--max-creates-per-second": self.creates_per_second,
             "--max-creates-burst": self.creates_burst,
             "--max-queued-bytes": self.max_queued_bytes,
@@ -78,6 +83,11 @@ class RelayLimits:
                 parse_period(self.accounting_period)
             except ValueError as exc:
                 raise ConfigError(f"--accounting-period: {exc}") from exc
+
+    @property
+    def new_links_burst(self) -> int:
+        """How many links one address may open at once."""
+        return self.links_per_address or 100
 
     @property
     def burst(self) -> int:
@@ -167,6 +177,14 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
         f"{d.links_per_address})",
     )
     group.add_argument(
+        "--max-new-links-per-second",
+        type=float,
+        default=d.new_links_per_second,
+        metavar="RATE",
+        help=f"new inbound links per second from one address, after a burst of "
+        f"--max-links-per-address (default {d.new_links_per_second:g})",
+    )
+    group.add_argument(
         "--max-creates-per-second",
         type=float,
         default=d.creates_per_second,
@@ -212,6 +230,7 @@ def limits_from_args(args: argparse.Namespace) -> RelayLimits:
         accounting_max=args.accounting_max,
         accounting_period=args.accounting_period,
         links_per_address=args.max_links_per_address,
+        new_links_per_second=args.max_new_links_per_second,
         creates_per_second=args.max_creates_per_second,
         creates_burst=args.max_creates_burst,
         handshake_timeout=args.handshake_timeout,

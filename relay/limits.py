@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 HIT_KINDS: Final = (
     "links_per_address",
+    "new_links_rate",
     "circuit_creation_rate",
     "handshake_timeout",
     "accounting",
@@ -95,6 +96,9 @@ class RelayLimiter:
         )
         self.budget = QueueBudget(config.max_queued_bytes)
         self._links = AddressCounts(config.links_per_address)
+        self._new_links = AddressBuckets(
+            config.new_links_per_second, config.new_links_burst
+        )
         self._creates = AddressBuckets(config.creates_per_second, config.creates_burst)
         self._log = _LogThrottle()
         self.hits: dict[str, int] = dict.fromkeys(HIT_KINDS, 0)
@@ -115,6 +119,7 @@ class RelayLimiter:
             )
         self.budget.cap = config.max_queued_bytes
         self._links.limit = config.links_per_address
+        self._new_links.reconfigure(config.new_links_per_second, config.new_links_burst)
         self._creates.reconfigure(config.creates_per_second, config.creates_burst)
 
     # --- counters -------------------------------------------------------------
@@ -152,7 +157,14 @@ class RelayLimiter:
 
     def link_opened(self, address: str) -> bool:
         """Count an inbound link from ``address``; False (not counted) if
-        that address already has the most allowed."""
+        that address already has the most allowed, or opens links too fast."""
+        if not self._new_links.take(address, self._clock()):
+            self.hit(
+                "new_links_rate",
+                "new link limit hit for a client address [scrubbed]: %g/s, refusing",
+                self.config.new_links_per_second,
+            )
+            return False
         if self._links.acquire(address):
             return True
         self.hit(

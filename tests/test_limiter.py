@@ -29,9 +29,31 @@ def test_creation_limit_per_address_and_relays_exempt() -> None:
     assert limiter.hits["circuit_creation_rate"] == 1
 
 
+def test_new_links_per_address_follow_a_rate_after_a_burst() -> None:
+    clock = Clock()
+    limiter = RelayLimiter(
+        RelayLimits(links_per_address=2, new_links_per_second=1),
+        clock=clock,
+        wall=clock,
+    )
+    for _ in range(2):
+        assert limiter.link_opened("a")
+        limiter.link_closed("a")
+    assert not limiter.link_opened("a")  # none open, but too fast
+    assert limiter.link_opened("b")
+    clock.now = 1.0
+    assert limiter.link_opened("a")
+    assert limiter.hits["new_links_rate"] == 1
+    assert limiter.links_open == 2
+
+
 def test_reload_changes_limits_in_place() -> None:
     clock = Clock()
-    limiter = RelayLimiter(RelayLimits(links_per_address=1), clock=clock, wall=clock)
+    limiter = RelayLimiter(
+        RelayLimits(links_per_address=1, new_links_per_second=0),
+        clock=clock,
+        wall=clock,
+    )
     assert limiter.link_opened("a")
     assert not limiter.link_opened("a")
     limiter.reload(

@@ -62,6 +62,8 @@ def test_options_reach_the_settings() -> None:
             "week",
             "--max-links-per-address",
             "5",
+            "--max-new-links-per-second",
+            "0.5",
             "--max-creates-per-second",
             "2.5",
             "--max-creates-burst",
@@ -78,12 +80,15 @@ def test_options_reach_the_settings() -> None:
         accounting_max=10 * 1024 * MIB,
         accounting_period="week",
         links_per_address=5,
+        new_links_per_second=0.5,
         creates_per_second=2.5,
         creates_burst=7,
         handshake_timeout=3.0,
         max_queued_bytes=8 * MIB,
     )
     assert limits.burst == 2 * MIB
+    assert limits.new_links_burst == 5
+    assert RelayLimits(links_per_address=0).new_links_burst == 100
     assert limits.advertised(10_000_000) == MIB
     assert limits.advertised(1000) == 1000
     assert RelayLimits().advertised(10_000_000) == 10_000_000

@@ -188,7 +188,8 @@ async def test_relays_are_exempt_from_the_creation_limit(
 async def test_concurrent_links_per_address_are_capped(
     nursery: trio.Nursery, mock_clock: trio.testing.MockClock
 ) -> None:
-    relay = await start_relay(nursery, RelayLimits(links_per_address=3))
+    limits = RelayLimits(links_per_address=3, new_links_per_second=0)
+    relay = await start_relay(nursery, limits)
     with trio.fail_after(30):
         clients = [await RawClient.open(nursery, relay) for _ in range(3)]
         await settle(lambda: relay.limits.links_open == 3)
@@ -201,6 +202,28 @@ async def test_concurrent_links_per_address_are_capped(
         await settle(lambda: relay.limits.links_from("127.0.0.1") == 2)
         fourth = await RawClient.open(nursery, relay)
         assert outcome(await fourth.create(relay, range(1, 2))) == {"created": 1}
+
+
+async def test_new_links_per_address_are_rate_limited(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """A burst of --max-links-per-address links, then the rate; the clock
+    stands still until the test jumps it."""
+    limits = RelayLimits(links_per_address=3, new_links_per_second=1)
+    relay = await start_relay(nursery, limits)
+    with trio.fail_after(30):
+        for _ in range(3):
+            client = await RawClient.open(nursery, relay)
+            await client.link.aclose()
+        await settle(lambda: relay.limits.links_open == 0)
+        with pytest.raises(EOFError):  # no link open, but too many too fast
+            await RawClient.open(nursery, relay)
+        assert relay.limits.hits["new_links_rate"] == 1
+        other = await RawClient.open(nursery, relay, local=OTHER_CLIENT)
+        assert outcome(await other.create(relay, range(1, 2))) == {"created": 1}
+        mock_clock.jump(1.0)
+        again = await RawClient.open(nursery, relay)
+        assert outcome(await again.create(relay, range(1, 2))) == {"created": 1}
 
 
 async def _closed_by_relay(stream: trio.SocketStream) -> None:
@@ -240,7 +263,9 @@ async def test_garbage_truncated_and_slow_handshakes_are_closed_and_memory_stays
     before.  (pytest keeps every log record, with its exception and
     traceback, so the relay logs only errors here.)"""
     caplog.set_level(logging.ERROR, logger="hopchain")
-    limits = RelayLimits(handshake_timeout=0.5, links_per_address=100)
+    limits = RelayLimits(
+        handshake_timeout=0.5, links_per_address=100, new_links_per_second=0
+    )
     relay = await start_relay(nursery, limits)
     rng = random.Random(5)
 
