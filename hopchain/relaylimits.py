@@ -18,7 +18,7 @@ from hopchain.errors import ConfigError
 __all__ = ["MIB", "RelayLimits", "add_limit_options", "limits_from_args", "parse_size"]
 
 MIB: Final = 1024 * 1024
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
 _UNITS: Final = {"": 1, "k": 1024, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}
 
 
@@ -112,7 +112,7 @@ def parse_size(text: str) -> int:
     match = _SIZE.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"not a size: {text!r}")
-    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+    return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
 
 
 def _size(text: str) -> int:

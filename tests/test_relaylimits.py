@@ -23,13 +23,15 @@ from hopchain.relaylimits import (
         ("64MiB", 64 * MIB),
         ("2 GB", 2048 * MIB),
         ("3m", 3 * MIB),
+        ("100b", 100),
+        ("1kb", 1024),
     ],
 )
 def test_parse_size(text: str, value: int) -> None:
     assert parse_size(text) == value
 
 
-@pytest.mark.parametrize("text", ["", "-1", "1.5M", "12X", "M"])
+@pytest.mark.parametrize("text", ["", "-1", "1.5M", "12X", "M", "5ib", "3MM"])
 def test_parse_size_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="not a size"):
         parse_size(text)
