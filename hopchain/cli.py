@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
+from hopchain.relaylimits import add_limit_options, limits_from_args
 from hopchain.voting import DEFAULT_INTERVAL as DEFAULT_VOTE_INTERVAL
 from hopchain.voting import TEST_NETWORK_INTERVAL as TEST_NETWORK_VOTE_INTERVAL
 
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between descriptor uploads",
     )
     _add_metrics_options(relay)
+    add_limit_options(relay)
     _add_common(relay)
 
     client = sub.add_parser(
@@ -690,6 +692,7 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         raise ConfigError("--country must be a two-letter code")
     authorities = [AuthorityAddress.parse(a) for a in args.authority]
     exit_policy = _exit_policy(args)
+    limits = limits_from_args(args)
     if args.metrics_port is not None:
         check_metrics_address(
             args.metrics_address, allow_public=args.metrics_allow_public
@@ -705,12 +708,13 @@ def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         exit=args.exit,
         exit_policy=exit_policy,
         test_network=args.test_network,
-        bandwidth=args.bandwidth,
+        bandwidth=limits.advertised(args.bandwidth),
         country=args.country.upper(),
         publish_interval=args.publish_interval,
         metrics_port=args.metrics_port,
         metrics_address=args.metrics_address,
         metrics_allow_public=args.metrics_allow_public,
+        limits=limits,
     )
     node = RelayNode(config, identity, onion, TcpNetwork())
 

@@ -74,6 +74,7 @@ class EndReason(enum.IntEnum):
     NET_UNREACHABLE = 7
     DESTROYED = 8
     PROTOCOL = 9
+    RESOURCE_LIMIT = 10
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,13 +16,20 @@ ends ignore flow control is refused, not buffered.
 Each link counts the bytes and cells it carries in ``traffic`` (a relay
 gives all its links one shared ``RelayStats.traffic``, for its metrics,
 before it serves them).
+
+A relay's links also share two limits (``relay.limits``): every queued cell
+counts in one ``QueueBudget``, whose ``on_over`` hook (the relay's
+out-of-memory handler) runs as soon as a ``send`` takes the total over the
+cap; and every read waits for the relay's bandwidth bucket (``ReadLimit``).
+A client's links have neither.
 """
 
 import logging
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Protocol
 
 import trio
 from hopchain.relay.net import RECEIVE_CHUNK, BufferedReader
@@ -32,6 +39,7 @@ from hopchain.crypto import handshake, kdf
 from hopchain.crypto.keys import IdentityKey, OnionKey
 from hopchain.crypto.primitives import ed25519_verify
 from hopchain.errors import HandshakeError, LinkError, ProtocolError
+from hopchain.oom import QueueBudget
 from hopchain.relaycircuit import MAX_QUEUED_PER_CIRCUIT
 from hopchain.wire import (
     MAX_RECORD,
@@ -59,6 +67,27 @@ BATCH_BYTES: Final = 256 * 1024
 _AUTH_PREFIX: Final = b"hopchain link auth v1\0"
 
 
+class ReadLimit(Protocol):
+    """A bandwidth limit on what links read (``relay.limits.RelayLimiter``)."""
+
+    async def read_allowance(self, wanted: int) -> int:
+        """Wait until a read is allowed; the most bytes to read."""
+        ...
+
+    def bytes_read(self, n: int) -> None:
+        """Charge ``n`` bytes read."""
+        ...
+
+
+@dataclass
+class SharedLimits:
+    """What all of a relay's links share (see the module docstring)."""
+
+    budget: QueueBudget
+    on_over: Callable[[], None]
+    read_limit: ReadLimit | None = None
+
+
 class Link:
     """An established link (see the module docstring)."""
 
@@ -70,6 +99,7 @@ class Link:
         peer_identity: bytes | None,
         binding: bytes,
         leftover: bytes = b"",
+        shared: SharedLimits | None = None,
     ) -> None:
         self.stream = stream
         self.peer_identity = peer_identity
@@ -82,6 +112,7 @@ class Link:
         self._queued: dict[int, int] = {}
         self._wakeup = trio.Event()
         self.traffic = Traffic()
+        self._shared = shared
 
     @property
     def queued_bytes(self) -> int:
@@ -89,27 +120,66 @@ class Link:
         return sum(self._queued.values())
 
     def send(self, circ_id: int, command: CellCommand, body: bytes) -> bool:
-        """Queue one cell; False if the circuit's queue share is full."""
+        """Queue one cell; False if the circuit's queue share is full.
+
+        With shared limits, a cell that takes the relay's queued bytes over
+        the cap runs the out-of-memory handler before this returns (which
+        may close this very circuit).
+        """
         if self.closed:
             return False
         queued = self._queued.get(circ_id, 0) + len(body)
         if queued > MAX_QUEUED_PER_CIRCUIT:
             return False
         self._queued[circ_id] = queued
-        self._queue.append((circ_id, len(body), encode_cell(circ_id, command, body)))
+        cell = encode_cell(circ_id, command, body)
+        self._queue.append((circ_id, len(body), cell))
         self._wakeup.set()
+        shared = self._shared
+        if shared is not None:
+            budget = shared.budget
+            budget.add(len(cell))
+            if budget.over:
+                shared.on_over()
+            budget.note_peak()
         return True
+
+    def queued_for(self, circ_id: int) -> int:
+        """Body bytes queued for one circuit."""
+        return self._queued.get(circ_id, 0)
+
+    def drop_circuit(self, circ_id: int) -> int:
+        """Drop the cells queued for one circuit; the cell bytes freed."""
+        if circ_id not in self._queued:
+            return 0
+        del self._queued[circ_id]
+        kept = deque(entry for entry in self._queue if entry[0] != circ_id)
+        freed = sum(len(entry[2]) for entry in self._queue) - sum(
+            len(entry[2]) for entry in kept
+        )
+        self._queue = kept
+        if self._shared is not None:
+            self._shared.budget.remove(freed)
+        return freed
+
+    def _drop_all(self) -> None:
+        """Forget everything queued (the link has closed)."""
+        if self._shared is not None:
+            self._shared.budget.remove(sum(len(entry[2]) for entry in self._queue))
+        self._queue.clear()
+        self._queued.clear()
 
     async def run_writer(self) -> None:
         """Send queued cells, batched into records, until the link closes."""
-        queue = self._queue
         queued = self._queued
         cells_sent = self.traffic.cells_sent
+        budget = self._shared.budget if self._shared is not None else None
         try:
             while True:
-                while not queue:
+                while not self._queue:
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
+                queue = self._queue  # drop_circuit replaces it between batches
                 batch = []
                 size = 0
                 while queue and size < BATCH_BYTES:
@@ -122,6 +192,8 @@ class Link:
                         queued[circ_id] = left
                     else:
                         queued.pop(circ_id, None)
+                if budget is not None:
+                    budget.remove(size)
                 record = self._sealer.seal(b"".join(batch))
                 await self.stream.send_all(record)
                 self.traffic.bytes_sent += len(record)
@@ -136,16 +208,22 @@ class Link:
         """
         opener = self._opener
         self.traffic.bytes_received += opener.buffered  # arrived with the handshake
+        limit = self._shared.read_limit if self._shared is not None else None
         while True:
             while (record := opener.next_record()) is not None:
                 yield decode_cells(record)
+            size = RECEIVE_CHUNK
+            if limit is not None:
+                size = await limit.read_allowance(RECEIVE_CHUNK)
             try:
-                data = await self.stream.receive_some(RECEIVE_CHUNK)
+                data = await self.stream.receive_some(size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if not data:
                 return
             self.traffic.bytes_received += len(data)
+            if limit is not None:
+                limit.bytes_read(len(data))
             opener.feed(data)
             if opener.buffered > MAX_RECORD + 2 * RECEIVE_CHUNK:
                 raise LinkError("peer sends faster than records complete")
@@ -176,8 +254,9 @@ class Link:
                 await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the underlying stream."""
+        """Close the underlying stream and drop what is still queued."""
         self.closed = True
+        self._drop_all()
         self._wakeup.set()
         await self.stream.aclose()
 
@@ -192,6 +271,7 @@ async def initiate(
     peer_onion_key: bytes,
     *,
     own_identity: IdentityKey | None = None,
+    shared: SharedLimits | None = None,
 ) -> Link:
     """Run the initiator side of the link handshake on a fresh stream.
 
@@ -201,6 +281,7 @@ async def initiate(
         peer_onion_key: the responder's onion key from the directory.
         own_identity: a relay's identity, to authenticate as a relay; None
             for a client (which stays anonymous).
+        shared: a relay's limits shared by all its links.
 
     Raises:
         HandshakeError: the peer does not hold the expected onion key.
@@ -220,6 +301,7 @@ async def initiate(
         peer_identity=peer_identity,
         binding=_binding(prk),
         leftover=reader.take_buffered(),
+        shared=shared,
     )
     if own_identity is not None:
         proof = own_identity.sign(_AUTH_PREFIX + link.binding)
@@ -228,9 +310,15 @@ async def initiate(
 
 
 async def respond(
-    stream: trio.abc.Stream, identity: IdentityKey, onion_keys: list[OnionKey]
+    stream: trio.abc.Stream,
+    identity: IdentityKey,
+    onion_keys: list[OnionKey],
+    *,
+    timeout: float = HANDSHAKE_TIMEOUT,
+    shared: SharedLimits | None = None,
 ) -> Link:
-    """Run the responder side of the link handshake on an accepted stream.
+    """Run the responder side of the link handshake on an accepted stream,
+    within ``timeout`` seconds.
 
     Raises:
         HandshakeError: a malformed or low-order handshake message.
@@ -238,7 +326,7 @@ async def respond(
         trio.TooSlowError: the peer did not finish in time.
     """
     reader = BufferedReader(stream)
-    with trio.fail_after(HANDSHAKE_TIMEOUT):
+    with trio.fail_after(timeout):
         x = await reader.read_exactly(32)
         message = identity.public + onion_keys[0].public + x
         reply, prk = handshake.server_reply_with_ephemeral(
@@ -255,6 +343,7 @@ async def respond(
         peer_identity=None,
         binding=_binding(prk),
         leftover=reader.take_buffered(),
+        shared=shared,
     )
 
 

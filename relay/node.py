@@ -17,9 +17,11 @@ from typing import Any, Final
 import trio
 from hopchain.relay import dirclient
 from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.limits import RelayLimiter, ThrottledStream
 from hopchain.relay.link import (
     LINK_SETUP_ERRORS,
     Link,
+    SharedLimits,
     check_authenticate,
     initiate,
     respond,
@@ -55,7 +57,9 @@ from hopchain.messages import (
     Resolve,
     Sendme,
 )
+from hopchain.oom import select_victims
 from hopchain.relaycircuit import Deliver, Forward, RelayCircuit, Respond
+from hopchain.relaylimits import RelayLimits
 from hopchain.safelog import log_event, sensitive
 from hopchain.wire import Cell, CellCommand
 
@@ -85,6 +89,7 @@ class RelayConfig:
     metrics_port: int | None = None  # None: no metrics endpoint
     metrics_address: str = "127.0.0.1"
     metrics_allow_public: bool = False
+    limits: RelayLimits = field(default_factory=RelayLimits)
 
 
 @dataclass(eq=False)
@@ -127,7 +132,6 @@ class RelayNode:
         self.published = trio.Event()
         self._links: set[Link] = set()
         self.stats = RelayStats()
-        self.stats.queued_bytes = lambda: sum(ln.queued_bytes for ln in self._links)
         self.metrics_port: int | None = None
         self._exit_policy = (
             exitpolicy.default_policy(config.test_network)
@@ -135,6 +139,17 @@ class RelayNode:
             else config.exit_policy
         )
         self.throughput = ThroughputMeter()  # relayed bytes, for the descriptor
+        # Resource limits (relay/limits.py); the counters live on self.limits,
+        # whose hits and queue budget the metrics read.
+        self.limits = RelayLimiter(config.limits)
+        self.stats.limit_hits.update(self.limits.hits)
+        self.limits.hits = self.stats.limit_hits
+        self.stats.queued_bytes = lambda: self.limits.queued_bytes
+        self._shared = SharedLimits(
+            self.limits.budget, self._out_of_memory, self.limits
+        )
+        self._link_addresses: dict[Link, str] = {}
+        self._in_oom = False
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -215,13 +230,39 @@ class RelayNode:
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         try:
-            link = await respond(stream, self.identity, self.onion_keys)
+            address = str(stream.socket.getpeername()[0])
+        except OSError:
+            await stream.aclose()
+            return  # gone already
+        if not self.limits.link_opened(address):  # before any crypto work
+            await stream.aclose()
+            return
+        try:
+            await self._serve_inbound(stream, address)
+        finally:
+            self.limits.link_closed(address)
+
+    async def _serve_inbound(self, stream: trio.SocketStream, address: str) -> None:
+        try:
+            link = await respond(
+                stream,
+                self.identity,
+                self.onion_keys,
+                timeout=self.limits.config.handshake_timeout,
+                shared=self._shared,
+            )
         except LINK_SETUP_ERRORS as exc:
+            if isinstance(exc, trio.TooSlowError):
+                self.limits.handshake_timed_out()
             logger.debug("inbound link handshake failed: %s", exc)
             self.stats.handshake_failure("link", exc)
             await stream.aclose()
             return
-        await self._run_link(link, inbound=True)
+        self._link_addresses[link] = address
+        try:
+            await self._run_link(link, inbound=True)
+        finally:
+            del self._link_addresses[link]
 
     async def _run_link(self, link: Link, *, inbound: bool) -> None:
         direction = "inbound" if inbound else "outbound"
@@ -254,7 +295,11 @@ class RelayNode:
             )
             try:
                 link = await initiate(
-                    stream, identity, onion_key, own_identity=self.identity
+                    stream,
+                    identity,
+                    onion_key,
+                    own_identity=self.identity,
+                    shared=self._shared,
                 )
             except BaseException:
                 await trio.aclose_forcefully(stream)
@@ -301,6 +346,15 @@ class RelayNode:
                 raise LinkError(str(exc)) from exc
 
     def _create(self, link: Link, cell: Cell) -> None:
+        # Per-address limits apply to clients; a relay (authenticated link)
+        # carries many clients' circuits and is exempt.  Checked before the
+        # handshake's crypto work.
+        client = None if link.peer_identity else self._link_addresses.get(link)
+        if not self.limits.may_create(client):
+            link.send(
+                cell.circ_id, CellCommand.DESTROY, bytes([EndReason.RESOURCE_LIMIT])
+            )
+            return
         try:
             reply, prk = handshake.server_reply_with_ephemeral(
                 handshake.CIRCUIT_LABEL,
@@ -348,6 +402,8 @@ class RelayNode:
 
     def _send_back(self, circuit: _Circuit, bodies: list[bytes]) -> None:
         for body in bodies:
+            if circuit.closed:
+                return  # the out-of-memory handler closed it meanwhile
             if not circuit.prev.send(circuit.prev_id, CellCommand.RELAY, body):
                 self.stats.queue_refused(circuit.prev)
                 raise ProtocolError(_QUEUE_REFUSED)
@@ -382,6 +438,42 @@ class RelayNode:
         for scope in [*circuit.connecting.values(), *circuit.resolving.values()]:
             scope.cancel()
         circuit.credit.fire()
+
+    def _out_of_memory(self) -> None:
+        """Queued cells exceed the cap: close the circuits holding the most
+        (``oom.select_victims``), dropping their queued cells, until the
+        total is back under the handler's target.  Runs inside ``Link.send``."""
+        if self._in_oom:
+            return  # the DESTROY cells of a teardown below
+        self._in_oom = True
+        try:
+            budget = self.limits.budget
+            before = budget.queued
+            circuits = {*self._by_prev.values(), *self._by_next.values()}
+            queued = {
+                c: c.prev.queued_for(c.prev_id)
+                + (c.next.queued_for(c.next_id) if c.next is not None else 0)
+                for c in circuits
+            }
+            victims = select_victims(queued, budget.queued, budget.target)
+            for circuit in victims:
+                circuit.prev.drop_circuit(circuit.prev_id)
+                if circuit.next is not None:
+                    circuit.next.drop_circuit(circuit.next_id)
+                self._teardown(circuit)
+            self.limits.oom_circuits_closed += len(victims)
+            self.limits.oom_bytes_freed += max(0, before - budget.queued)
+            self.limits.hit(
+                "oom",
+                "out of memory: %d bytes of cells queued, over the cap of %d; "
+                "closed %d circuits holding the most, %d bytes left",
+                before,
+                budget.cap,
+                len(victims),
+                budget.queued,
+            )
+        finally:
+            self._in_oom = False
 
     # --- messages for this hop ------------------------------------------------
 
@@ -562,7 +654,9 @@ class RelayNode:
             circuit.half_closed.discard(sid)
             stream.remote_end()
         try:
-            await splice(CountingStream(socket, self.stats), stream)
+            await splice(
+                CountingStream(ThrottledStream(socket, self.limits), self.stats), stream
+            )
         finally:
             self.stats.streams_closed += 1
             # A closed stream stays registered until the client's END too, so

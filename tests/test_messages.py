@@ -345,7 +345,7 @@ def test_good_extend_fixture_decodes() -> None:
     )
 
 
-@pytest.mark.parametrize("value", [10, 99, 255])
+@pytest.mark.parametrize("value", [11, 99, 255])
 def test_unknown_end_reason_reads_as_misc(value: int) -> None:
     assert messages.decode(frame(4, 1, bytes([value]))) == End(1, EndReason.MISC)
     assert messages.decode(frame(8, 0, bytes([value]))) == Truncated(EndReason.MISC)
