@@ -5,12 +5,11 @@ the trio shells (lazily, per subcommand); the protocol core never does.
 """
 
 import argparse
-import ipaddress
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hopchain._version import __version__
 
@@ -20,6 +19,8 @@ if TYPE_CHECKING:
     from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
+from hopchain.relayconfig import add_relay_options
+from hopchain.relayconfig import port_number as _port
 
 logger = logging.getLogger("hopchain")
 
@@ -33,27 +34,6 @@ def _positive_hops(text: str) -> int:
     if not 1 <= hops <= 8:
         raise argparse.ArgumentTypeError("hops must be between 1 and 8")
     return hops
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("port must be 0..65535")
-    return port
-
-
-def _exit_ports(text: str) -> tuple[tuple[int, int], ...]:
-    ranges = []
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        try:
-            lo, hi = int(low), int(high or low)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"bad port range {part!r}") from exc
-        if not 1 <= lo <= hi <= 65535:
-            raise argparse.ArgumentTypeError(f"bad port range {part!r}")
-        ranges.append((lo, hi))
-    return tuple(ranges)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -161,53 +141,34 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run a relay: create or load its keys in --data-dir, register with the "
             "authorities, accept links and extend circuits; with --exit, also "
-            "connect to destinations. Prints 'ready' on stdout once published."
+            "connect to destinations. Prints 'ready' on stdout once published. "
+            "SIGTERM or SIGINT stops it gracefully (--shutdown-grace), a second "
+            "one at once; SIGHUP reloads --config. Every option is also a key "
+            "of the config file (hyphens as underscores)."
         ),
     )
     relay.add_argument(
-        "--data-dir", type=Path, required=True, help="key directory (created 0700)"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read the options from this TOML file (see 'hopchain relay init'); "
+        "flags given here override it; SIGHUP reloads it",
     )
-    relay.add_argument("--nickname", required=True, help="a short alphanumeric name")
-    relay.add_argument(
-        "--address", required=True, help="the address to listen on and publish"
-    )
-    relay.add_argument(
-        "--port", type=_port, default=9001, help="relay port (default 9001; 0: any)"
-    )
-    relay.add_argument(
-        "--authority",
-        action="append",
-        required=True,
-        metavar="HOST:PORT=KEY",
-        help="a directory authority to publish to (repeatable)",
-    )
-    relay.add_argument("--exit", action="store_true", help="be an exit relay")
-    relay.add_argument(
-        "--exit-ports",
-        type=_exit_ports,
-        default=((1, 65535),),
-        metavar="PORTS",
-        help="ports an exit accepts, e.g. 80,443,8000-8999 (default: all); "
-        "clients use an exit only if it accepts two of 80, 443, 6667",
-    )
-    relay.add_argument(
-        "--test-network",
-        action="store_true",
-        help="declare a test network: allow private and loopback destinations",
-    )
-    relay.add_argument(
-        "--bandwidth", type=int, default=10_000_000, help="advertised bytes/s"
-    )
-    relay.add_argument(
-        "--country", default="", help="two-letter country code to declare"
-    )
-    relay.add_argument(
-        "--publish-interval",
-        type=float,
-        default=600.0,
-        help="seconds between descriptor uploads",
-    )
+    add_relay_options(relay)
     _add_common(relay)
+    relay_sub = relay.add_subparsers(dest="relay_command", metavar="{init}")
+    init = relay_sub.add_parser(
+        "init",
+        help="create the keys and a commented relay.toml in --data-dir",
+        description=(
+            "Create the data directory (0700), the identity and onion keys "
+            "(0600), and DIR/relay.toml with every relay option, commented "
+            "with its help and default; options given here are set in it. "
+            "Then run: hopchain relay --config DIR/relay.toml"
+        ),
+    )
+    add_relay_options(init)
+    _add_common(init)
 
     client = sub.add_parser(
         "client",
@@ -476,18 +437,6 @@ def _ready(line: str) -> None:
     print(line, flush=True)
 
 
-def _check_relay_address(address: str) -> None:
-    """A relay publishes its address: it must be one concrete IP address."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError as exc:
-        raise ConfigError(f"--address must be an IP address, not {address!r}") from exc
-    if ip.is_unspecified:
-        raise ConfigError(
-            "--address must be the address clients reach, not 0.0.0.0 or ::"
-        )
-
-
 def _identities(texts: list[str]) -> frozenset[bytes]:
     keys = set()
     for text in texts:
@@ -548,45 +497,62 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     return run
 
 
-def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
-    from hopchain.crypto.keys import IdentityKey, OnionKey
-    from hopchain.relay.dirclient import AuthorityAddress
-    from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
-    from hopchain.relay.net import TcpNetwork
-    from hopchain.relay.node import RelayConfig, RelayNode
+def _relay_arguments(argv: list[str]) -> argparse.Namespace:
+    """The relay's arguments: the command line over its --config file."""
+    from hopchain.relayconfig import apply_config, parse_config, subparser
 
-    if not args.nickname.isalnum() or len(args.nickname) > 32:
-        raise ConfigError("--nickname must be 1..32 letters and digits")
-    _check_relay_address(args.address)
-    if args.country and (len(args.country) != 2 or not args.country.isalpha()):
-        raise ConfigError("--country must be a two-letter code")
-    authorities = [AuthorityAddress.parse(a) for a in args.authority]
-    ensure_private_dir(args.data_dir)
-    identity = IdentityKey(load_or_create_secret(args.data_dir / "identity.key"))
-    onion = OnionKey(load_or_create_secret(args.data_dir / "onion.key"))
-    config = RelayConfig(
-        nickname=args.nickname,
-        address=args.address,
-        port=args.port,
-        authorities=authorities,
-        exit=args.exit,
-        exit_ports=args.exit_ports,
-        test_network=args.test_network,
-        bandwidth=args.bandwidth,
-        country=args.country.upper(),
-        publish_interval=args.publish_interval,
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args
+    try:
+        text = args.config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {args.config}: {exc}") from exc
+    relay = subparser(parser, ["relay"])
+    values = parse_config(
+        text, relay, source=str(args.config), base_dir=args.config.parent
     )
-    node = RelayNode(config, identity, onion, TcpNetwork())
+    return apply_config(lambda: parser.parse_args(argv), relay, values)
+
+
+def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    if args.relay_command is not None:
+        return _RELAY_COMMANDS[args.relay_command](args)
+    from hopchain.relay.daemon import RelayDaemon
+
+    return RelayDaemon(lambda: _relay_arguments(args.argv), ready=_ready)
+
+
+def _relay_init(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.relay.daemon import init_relay
+    from hopchain.relayconfig import record_given, render_config, subparser
+
+    parser = build_parser()
+    init = subparser(parser, ["relay", "init"])
+    _, given = record_given(init, lambda: parser.parse_args(args.argv))
+    if args.data_dir is None:
+        raise ConfigError("relay init needs --data-dir")
+
+    def text(data_dir: Path) -> str:
+        given["data_dir"] = str(data_dir)
+        return render_config(init, given, title=f"hopchain {__version__} relay")
+
+    message = init_relay(args.data_dir, text)
 
     async def run() -> None:
-        import trio
-
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(node.serve)
-            await node.published.wait()
-            _ready(f"ready {args.address}:{port}")
+        print(message, flush=True)
 
     return run
+
+
+# ``hopchain relay SUBCOMMAND``: add a subcommand's parser next to "init"
+# above and its runner here.
+_RELAY_COMMANDS: dict[
+    str, Callable[[argparse.Namespace], Callable[[], Awaitable[None]]]
+] = {
+    "init": _relay_init,
+}
 
 
 def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
@@ -721,24 +687,58 @@ _COMMANDS = {
 }
 
 
+@runtime_checkable
+class GracefulCommand(Protocol):
+    """A command that stops gracefully and reloads (the relay daemon)."""
+
+    def __call__(self) -> Awaitable[None]: ...
+
+    def stop(self) -> None:
+        """Begin a graceful stop: the call then returns by itself."""
+
+    def reload(self) -> None:
+        """Re-read the configuration."""
+
+
 async def _until_signalled(run: Callable[[], Awaitable[None]]) -> None:
+    """Run a command; SIGTERM/SIGINT cancel it.  A ``GracefulCommand`` gets
+    ``stop()`` on the first such signal (the second cancels) and
+    ``reload()`` on SIGHUP."""
     import signal
 
     import trio
+
+    graceful = run if isinstance(run, GracefulCommand) else None
+    wanted = [signal.SIGTERM, signal.SIGINT]
+    if graceful is not None:
+        wanted.append(signal.SIGHUP)
 
     async def main_task() -> None:
         await run()
         nursery.cancel_scope.cancel()  # one-shot commands end here
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(main_task)
 
             async def watch() -> None:
+                stopping = False
                 async for signum in signals:
-                    logger.info("stopping (%s)", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
+                    name = signal.Signals(signum).name
+                    if graceful is not None and signum == signal.SIGHUP:
+                        logger.info("reloading the configuration (SIGHUP)")
+                        graceful.reload()
+                    elif graceful is not None and not stopping:
+                        stopping = True
+                        logger.info(
+                            "stopping gracefully (%s); send it again to stop now",
+                            name,
+                        )
+                        graceful.stop()
+                    else:
+                        logger.info("stopping (%s)", name)
+                        nursery.cancel_scope.cancel()
+                        return
 
             nursery.start_soon(watch)
 
@@ -759,6 +759,7 @@ def _user_error(exc: BaseException) -> BaseException | None:
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and run the chosen role until it is stopped."""
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     _configure_logging(args.log_level)
     import trio
 

@@ -76,6 +76,8 @@ class Link:
         self._queue: deque[tuple[int, int, bytes]] = deque()
         self._queued: dict[int, int] = {}
         self._wakeup = trio.Event()
+        self._batch_sent = trio.Event()
+        self._sending = False
 
     def send(self, circ_id: int, command: CellCommand, body: bytes) -> bool:
         """Queue one cell; False if the circuit's queue share is full."""
@@ -109,9 +111,23 @@ class Link:
                         queued[circ_id] = left
                     else:
                         queued.pop(circ_id, None)
+                self._sending = True
                 await self.stream.send_all(self._sealer.seal(b"".join(batch)))
+                self._sending = False
+                sent, self._batch_sent = self._batch_sent, trio.Event()
+                sent.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True
+            self._batch_sent.set()
+
+    async def flush(self) -> None:
+        """Wait until every cell queued so far is written, or the link closed.
+
+        For an orderly close: queue the last cells (END, DESTROY), flush,
+        then close.  The caller bounds the wait.
+        """
+        while (self._queue or self._sending) and not self.closed:
+            await self._batch_sent.wait()
 
     async def receive_cells(self) -> AsyncIterator[list[Cell]]:
         """Cells as they arrive, one record at a time, until EOF.
@@ -158,6 +174,7 @@ class Link:
         """Close the underlying stream."""
         self.closed = True
         self._wakeup.set()
+        self._batch_sent.set()
         await self.stream.aclose()
 
 
@@ -190,7 +207,7 @@ async def initiate(
     )
     reader = BufferedReader(stream)
     with trio.fail_after(HANDSHAKE_TIMEOUT):
-        await stream.send_all(state.ephemeral_public)
+        await stream.send_all(peer_onion_key + state.ephemeral_public)
         reply = await reader.read_exactly(handshake.SERVER_MESSAGE_BYTES)
     prk = handshake.client_finish(state, reply)
     link = Link(
@@ -212,14 +229,16 @@ async def respond(
     """Run the responder side of the link handshake on an accepted stream.
 
     Raises:
-        HandshakeError: a malformed or low-order handshake message.
+        HandshakeError: a malformed or low-order handshake message, or one
+            made with an onion key that is not among ``onion_keys``.
         EOFError: the peer closed during the handshake.
         trio.TooSlowError: the peer did not finish in time.
     """
     reader = BufferedReader(stream)
     with trio.fail_after(HANDSHAKE_TIMEOUT):
-        x = await reader.read_exactly(32)
-        message = identity.public + onion_keys[0].public + x
+        # B | X: B names which of the onion keys the initiator took from its
+        # directory (the previous one stays valid for a while after a rotation).
+        message = identity.public + await reader.read_exactly(64)
         reply, prk = handshake.server_reply_with_ephemeral(
             handshake.LINK_LABEL,
             identity.public,

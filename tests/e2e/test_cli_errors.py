@@ -33,7 +33,7 @@ def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
                 "--authority",
                 f"127.0.0.1:7000={KEY}",
             ],
-            "--address must be the address clients reach",
+            "argument --address: must be the address clients reach",
         ),
         (
             [
@@ -45,7 +45,7 @@ def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
                 "--authority",
                 f"127.0.0.1:7000={KEY}",
             ],
-            "--address must be an IP address",
+            "argument --address: must be an IP address",
         ),
         (
             [
@@ -57,7 +57,7 @@ def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
                 "--authority",
                 f"127.0.0.1:7000={KEY}",
             ],
-            "--nickname must be",
+            "argument --nickname: must be",
         ),
         (["client", "--authority", "127.0.0.1:7000"], "is not HOST:PORT=HEXKEY"),
         (["client", "--authority", "127.0.0.1:7000=abcd"], "key must be 64 hex digits"),
