@@ -340,9 +340,11 @@ def _convert(action: argparse.Action, value: object, base_dir: Path) -> Any:
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"""^\s*(["']?){re.escape(key)}\1\s*[=.]""")
+    name = rf"""(["']?){re.escape(key)}\1"""
+    assignment = re.compile(rf"^\s*{name}\s*[=.]")
+    table = re.compile(rf"^\s*\[+\s*{name}\s*[\].]")
     for number, line in enumerate(text.splitlines(), 1):
-        if pattern.match(line):
+        if assignment.match(line) or table.match(line):
             return number
     return None
 
