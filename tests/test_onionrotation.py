@@ -17,22 +17,26 @@ def test_defaults_are_tors() -> None:
 
 def test_a_fresh_key_waits_for_its_lifetime() -> None:
     step = plan(created=1000.0, has_previous=False, now=1000.0 + DAY, policy=POLICY)
-    assert not step.rotate and not step.drop_previous
+    assert not step.rotate
+    assert not step.drop_previous
     assert step.wake_at == 1000.0 + 28 * DAY
 
 
 def test_a_key_past_its_lifetime_is_rotated_and_the_grace_begins() -> None:
     now = 1000.0 + 28 * DAY
     step = plan(created=1000.0, has_previous=False, now=now, policy=POLICY)
-    assert step.rotate and not step.drop_previous
+    assert step.rotate
+    assert not step.drop_previous
     assert step.wake_at == now + 7 * DAY
 
 
 def test_the_previous_key_is_kept_for_the_grace_period_only() -> None:
     kept = plan(created=0.0, has_previous=True, now=7 * DAY - 1, policy=POLICY)
-    assert not kept.drop_previous and kept.wake_at == 7 * DAY
+    assert not kept.drop_previous
+    assert kept.wake_at == 7 * DAY
     dropped = plan(created=0.0, has_previous=True, now=7 * DAY, policy=POLICY)
-    assert dropped.drop_previous and not dropped.rotate
+    assert dropped.drop_previous
+    assert not dropped.rotate
     assert dropped.wake_at == 28 * DAY
 
 
