@@ -530,7 +530,7 @@ def _relay_init(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
 
     parser = build_parser()
     init = subparser(parser, ["relay", "init"])
-    _, given = record_given(init, lambda: parser.parse_args(args.argv))
+    given = record_given(init, lambda: parser.parse_args(args.argv))
     if args.data_dir is None:
         raise ConfigError("relay init needs --data-dir")
 

@@ -501,16 +501,17 @@ def render_config(
 
 def record_given(
     parser: argparse.ArgumentParser, parse: Callable[[], argparse.Namespace]
-) -> tuple[argparse.Namespace, dict[str, object]]:
-    """Parse, and also return the relay options given, as typed.
+) -> dict[str, object]:
+    """The relay options given on the command line, as typed.
 
-    Each option's converter is wrapped for the duration to keep the text it
-    saw, so ``relay init`` writes what the operator typed (``28d``, not
-    2419200.0).
+    ``parse`` parses the command line with the parser tree holding
+    ``parser``.  For that one parse, every option of ``parser`` has no
+    default and a converter that keeps the text it saw, so ``relay init``
+    writes what the operator typed (``28d``, not 2419200.0), including a
+    value that happens to equal the default.
     """
     given: dict[str, object] = {}
-    originals: list[tuple[argparse.Action, Any]] = []
-    actions = list(config_keys(parser).values())
+    saved = [(a, a.type, a.default) for a in config_keys(parser).values()]
 
     def recorder(
         action: argparse.Action, convert: Callable[[str], Any]
@@ -526,24 +527,20 @@ def record_given(
 
         return record
 
-    for action in actions:
-        originals.append((action, action.type))
+    for action, convert, _ in saved:
+        action.default = argparse.SUPPRESS
         if not _is_flag(action):
-            action.type = recorder(
-                action, action.type if callable(action.type) else str
-            )
+            action.type = recorder(action, convert if callable(convert) else str)
     try:
         args = parse()
     finally:
-        for action, original in originals:
-            action.type = original
-    # Defaults given as text went through the converters too: drop those.
-    for action in actions:
-        if action.dest in given and given[action.dest] == action.default:
-            del given[action.dest]
-        if _is_flag(action) and getattr(args, action.dest) != action.default:
+        for action, convert, default in saved:
+            action.type, action.default = convert, default
+    for action, _, _ in saved:
+        # (A parent parser may have set the flag's dest to its default.)
+        if _is_flag(action) and getattr(args, action.dest, None) == action.const:
             given[action.dest] = True
-    return args, given
+    return given
 
 
 def subparser(

@@ -158,6 +158,7 @@ class RelayNode:
         self._link_locks: dict[bytes, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self.published = trio.Event()
+        self.stopped = trio.Event()  # set when a shutdown has finished
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -238,6 +239,7 @@ class RelayNode:
             for link in list(self._links):
                 await link.flush()
         logger.info("stopped; %d circuits were still open after the grace time", left)
+        self.stopped.set()
         assert self._nursery is not None
         self._nursery.cancel_scope.cancel()
 
