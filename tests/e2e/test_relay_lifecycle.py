@@ -308,3 +308,32 @@ async def test_a_second_sigterm_stops_at_once(
                 await relay.wait_for_log(r"stopping \(SIGTERM\)")
                 assert await relay.process.wait() == 0
                 await live.aclose()
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_a_relay_listens_on_and_publishes_both_addresses(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    identity, onion, _ = load_keys(tmp_path, RotationPolicy(), now=wall_clock())
+    config = RelayConfig(
+        nickname="r", address="127.0.0.1", ipv6_address="::1", test_network=True
+    )
+    node = RelayNode(config, identity, onion, LoopbackOnlyNetwork())
+    with trio.fail_after(30):
+        await nursery.start(node.serve)
+        for host in ("127.0.0.1", "::1"):
+            stream = await trio.open_tcp_stream(host, node.port)
+            link = await initiate(stream, identity.public, onion.public)
+            await link.aclose()
+    assert b"::1" in node.descriptor()
