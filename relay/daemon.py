@@ -109,9 +109,14 @@ class RelayDaemon:
     async def __call__(self) -> None:
         """Run until ``stop()`` has drained the relay (or until cancelled)."""
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(self.node.serve)
+            port = await nursery.start(self._serve, nursery)
             nursery.start_soon(self._announce, port)
-        # serve() returned: the shutdown is complete.
+
+    async def _serve(
+        self, nursery: trio.Nursery, *, task_status: trio.TaskStatus[int]
+    ) -> None:
+        await self.node.serve(task_status=task_status)
+        nursery.cancel_scope.cancel()  # the shutdown is complete, published or not
 
     async def _announce(self, port: int) -> None:
         await self.node.published.wait()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from hopchain.client.api import HopchainStream, connect
 from hopchain.relay.daemon import load_keys
 from hopchain.relay.keystore import OnionKeyFiles
@@ -79,6 +80,9 @@ async def test_onion_keys_rotate_and_the_previous_one_is_answered_for_the_grace(
     )
     with trio.fail_after(30):
         await nursery.start(node.serve)
+        # Let the node's loop make its first check (nothing due) and sleep, so
+        # the times given below are the only ones that count.
+        await trio.testing.wait_all_tasks_blocked()
         assert node.check_onion_keys(t0 + DAY) == 27 * DAY
         assert node.check_onion_keys(t0 + 28 * DAY) == 7 * DAY
         new = node.onion_keys[0]
