@@ -230,6 +230,7 @@ class RelayNode:
                 await self._drained.wait()
         left = len(self._by_prev)
         with trio.move_on_after(CLOSE_TIMEOUT):
+            self._splices_ended = trio.Event()
             for scope in list(self._splices):
                 scope.cancel()
             if self._splices:
@@ -684,7 +685,7 @@ class RelayNode:
         finally:
             self._splices.discard(splicing)
             if not self._splices:
-                self._splices_ended.set()
+                self._splices_ended.set()  # what the shutdown waits for
             # A closed stream stays registered until the client's END too, so
             # its late data is credited and reset rather than unexpected.
             forget_if_ended(circuit.streams, circuit.core.streams, sid)
