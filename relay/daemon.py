@@ -102,6 +102,7 @@ class RelayDaemon:
         identity, onion, rotation = load_keys(args.data_dir, policy, wall_clock())
         self.grace: float = args.shutdown_grace
         self.config_path: Path | None = args.config
+        self._fixed = _fixed_options(args)
         self.node = RelayNode(
             config, identity, onion, network or TcpNetwork(), rotation=rotation
         )
@@ -143,9 +144,23 @@ class RelayDaemon:
         except ConfigError as exc:
             logger.error("reload refused, nothing changed: %s", exc)
             return
+        changed = [k for k, v in _fixed_options(args).items() if self._fixed[k] != v]
+        if changed:
+            logger.warning(
+                "reload: %s changed; that takes a restart", ", ".join(changed)
+            )
         self.grace = args.shutdown_grace
         _set_log_level(args)
         self.node.reload(config)
+
+
+def _fixed_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options outside ``RelayConfig`` that a reload cannot change."""
+    return {
+        "data_dir": args.data_dir,
+        "onion_key_lifetime": args.onion_key_lifetime,
+        "onion_key_grace": args.onion_key_grace,
+    }
 
 
 def _set_log_level(args: argparse.Namespace) -> None:

@@ -569,11 +569,11 @@ class RelayNode:
     ) -> None:
         send = self._sender(circuit)
         if isinstance(message, Extend):
-            send([circuit.core.extend_failed(EndReason.DESTROYED)])
+            send([circuit.core.extend_failed(EndReason.MISC)])
         elif isinstance(message, Begin):
-            send(circuit.core.end_stream(message.stream_id, EndReason.DESTROYED))
+            send(circuit.core.end_stream(message.stream_id, EndReason.MISC))
         else:
-            send(circuit.core.resolved(message.stream_id, reason=EndReason.DESTROYED))
+            send(circuit.core.resolved(message.stream_id, reason=EndReason.MISC))
 
     async def _guarded(
         self,

@@ -341,3 +341,41 @@ async def test_a_relay_listens_on_and_publishes_both_addresses(
             link = await initiate(stream, identity.public, onion.public)
             await link.aclose()
     assert b"::1" in node.descriptor()
+
+
+async def test_reload_applies_reloadable_fields_and_refuses_a_broken_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from hopchain.relay.daemon import RelayDaemon
+
+    from hopchain import cli
+
+    key = "ab" * 32
+    config = tmp_path / "relay.toml"
+    good = (
+        f'data_dir = "keys"\nnickname = "r1"\naddress = "127.0.0.1"\n'
+        f'authority = ["127.0.0.1:7000={key}"]\nexit = true\n'
+    )
+    config.write_text(good + 'exit_ports = "80,443"\n')
+    daemon = RelayDaemon(
+        lambda: cli._relay_arguments(["relay", "--config", str(config)])
+    )
+    assert daemon.node.config.exit_ports == ((80, 80), (443, 443))
+    assert (tmp_path / "keys" / "identity.key").exists()  # relative to the file
+
+    config.write_text(good + 'exit_ports = "80,443,"\n')
+    with caplog.at_level("INFO"):
+        daemon.reload()
+    assert "reload refused, nothing changed" in caplog.text
+    assert "line 6: exit_ports: bad port range" in caplog.text
+    assert daemon.node.config.exit_ports == ((80, 80), (443, 443))
+
+    caplog.clear()
+    config.write_text(good.replace("r1", "r2") + 'exit_ports = "443"\nport = 1\n')
+    with caplog.at_level("INFO"):
+        daemon.reload()
+    assert daemon.node.config.exit_ports == ((443, 443),)
+    assert daemon.node.config.nickname == "r1"  # needs a restart
+    assert daemon.node.config.port == 9001
+    assert "reload: nickname, port changed; that takes a restart" in caplog.text
+    assert "reloaded: exit_ports" in caplog.text
