@@ -5,23 +5,22 @@ the trio shells (lazily, per subcommand); the protocol core never does.
 """
 
 import argparse
-import ipaddress
 import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from hopchain._version import __version__
 
 if TYPE_CHECKING:
     from hopchain.client.http import HttpOptions
     from hopchain.client.socks import SocksOptions
-    from hopchain.exitpolicy import ExitPolicy
     from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
-from hopchain.relaylimits import add_limit_options, limits_from_args
+from hopchain.relayconfig import add_relay_options
+from hopchain.relayconfig import port_number as _port
 from hopchain.voting import DEFAULT_INTERVAL as DEFAULT_VOTE_INTERVAL
 from hopchain.voting import TEST_NETWORK_INTERVAL as TEST_NETWORK_VOTE_INTERVAL
 
@@ -37,13 +36,6 @@ def _positive_hops(text: str) -> int:
     if not 1 <= hops <= 8:
         raise argparse.ArgumentTypeError("hops must be between 1 and 8")
     return hops
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("port must be 0..65535")
-    return port
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -176,75 +168,42 @@ def build_parser() -> argparse.ArgumentParser:
             "Run a relay: create or load its keys in --data-dir, register with the "
             "authorities, accept links and extend circuits; with --exit, also "
             "connect to destinations. Prints 'ready' on stdout once published. "
+            "SIGTERM or SIGINT stops it gracefully (--shutdown-grace), a second "
+            "one at once; SIGHUP reloads --config. Every option is also a key "
+            "of the config file (hyphens as underscores). "
             "'hopchain relay status' summarises a running relay (see its --help)."
         ),
     )
     relay.add_argument(
-        "--data-dir", type=Path, required=True, help="key directory (created 0700)"
-    )
-    relay.add_argument("--nickname", required=True, help="a short alphanumeric name")
-    relay.add_argument(
-        "--address", required=True, help="the address to listen on and publish"
-    )
-    relay.add_argument(
-        "--port", type=_port, default=9001, help="relay port (default 9001; 0: any)"
-    )
-    relay.add_argument(
-        "--authority",
-        action="append",
-        required=True,
-        metavar="HOST:PORT=KEY",
-        help="a directory authority to publish to (repeatable)",
-    )
-    relay.add_argument("--exit", action="store_true", help="be an exit relay")
-    policy = relay.add_mutually_exclusive_group()
-    policy.add_argument(
-        "--exit-policy",
-        metavar="RULES",
-        help="exit policy, Tor's language: 'accept *:80, accept *:443, reject "
-        "*:*' (rules 'accept|reject ADDR[/MASK]:PORT[-PORT]', first match wins, "
-        "reject when none matches; default: Tor's reduced exit policy, or "
-        "'accept *:*' with --test-network). Private, loopback, link-local, "
-        "multicast and own addresses are refused before it, except in a test "
-        "network",
-    )
-    policy.add_argument(
-        "--exit-policy-file",
+        "--config",
         type=Path,
         metavar="FILE",
-        help="read the exit policy from FILE (one rule or more per line, '#' comments)",
+        help="read the options from this TOML file (see 'hopchain relay init'); "
+        "flags given here override it; SIGHUP reloads it",
     )
-    policy.add_argument(
-        "--exit-ports",
-        metavar="PORTS",
-        help="shorthand for --exit-policy 'accept *:PORTS, reject *:*', e.g. "
-        "80,443,8000-8999; clients use an exit only if it accepts two of 80, "
-        "443, 6667",
-    )
-    relay.add_argument(
-        "--test-network",
-        action="store_true",
-        help="declare a test network: allow private and loopback destinations",
-    )
-    relay.add_argument(
-        "--bandwidth",
-        type=int,
-        default=10_000_000,
-        help="declared bytes/s: authorities list the relay's observed "
-        "throughput, capped by this (default 10000000)",
-    )
-    relay.add_argument(
-        "--country", default="", help="two-letter country code to declare"
-    )
-    relay.add_argument(
-        "--publish-interval",
-        type=float,
-        default=600.0,
-        help="seconds between descriptor uploads",
-    )
-    _add_metrics_options(relay)
-    add_limit_options(relay)
+    add_relay_options(relay)
     _add_common(relay)
+    relay_sub = relay.add_subparsers(dest="relay_command", metavar="{init,status}")
+    # Listed for --help only: main() hands "relay status" to its own parser
+    # (hopchain.relay.status), which takes none of the relay's options.
+    relay_sub.add_parser(
+        "status",
+        help="summarise a running relay from its metrics endpoint (see "
+        "'hopchain relay status --help')",
+        add_help=False,
+    )
+    init = relay_sub.add_parser(
+        "init",
+        help="create the keys and a commented relay.toml in --data-dir",
+        description=(
+            "Create the data directory (0700), the identity and onion keys "
+            "(0600), and DIR/relay.toml with every relay option, commented "
+            "with its help and default; options given here are set in it. "
+            "Then run: hopchain relay --config DIR/relay.toml"
+        ),
+    )
+    add_relay_options(init)
+    _add_common(init)
 
     client = sub.add_parser(
         "client",
@@ -585,18 +544,6 @@ def _ready(line: str) -> None:
     print(line, flush=True)
 
 
-def _check_relay_address(address: str) -> None:
-    """A relay publishes its address: it must be one concrete IP address."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError as exc:
-        raise ConfigError(f"--address must be an IP address, not {address!r}") from exc
-    if ip.is_unspecified:
-        raise ConfigError(
-            "--address must be the address clients reach, not 0.0.0.0 or ::"
-        )
-
-
 def _identities(texts: list[str]) -> frozenset[bytes]:
     keys = set()
     for text in texts:
@@ -677,86 +624,62 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     return run
 
 
-def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
-    from hopchain.crypto.keys import IdentityKey, OnionKey
-    from hopchain.relay.dirclient import AuthorityAddress
-    from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
-    from hopchain.relay.metrics import check_metrics_address
-    from hopchain.relay.net import TcpNetwork
-    from hopchain.relay.node import RelayConfig, RelayNode
+def _relay_arguments(argv: list[str]) -> argparse.Namespace:
+    """The relay's arguments: the command line over its --config file."""
+    from hopchain.relayconfig import apply_config, parse_config, subparser
 
-    if not args.nickname.isalnum() or len(args.nickname) > 32:
-        raise ConfigError("--nickname must be 1..32 letters and digits")
-    _check_relay_address(args.address)
-    if args.country and (len(args.country) != 2 or not args.country.isalpha()):
-        raise ConfigError("--country must be a two-letter code")
-    authorities = [AuthorityAddress.parse(a) for a in args.authority]
-    exit_policy = _exit_policy(args)
-    limits = limits_from_args(args)
-    if args.metrics_port is not None:
-        check_metrics_address(
-            args.metrics_address, allow_public=args.metrics_allow_public
-        )
-    ensure_private_dir(args.data_dir)
-    identity = IdentityKey(load_or_create_secret(args.data_dir / "identity.key"))
-    onion = OnionKey(load_or_create_secret(args.data_dir / "onion.key"))
-    config = RelayConfig(
-        nickname=args.nickname,
-        address=args.address,
-        port=args.port,
-        authorities=authorities,
-        exit=args.exit,
-        exit_policy=exit_policy,
-        test_network=args.test_network,
-        bandwidth=limits.advertised(args.bandwidth),
-        country=args.country.upper(),
-        publish_interval=args.publish_interval,
-        metrics_port=args.metrics_port,
-        metrics_address=args.metrics_address,
-        metrics_allow_public=args.metrics_allow_public,
-        limits=limits,
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config is None:
+        return args
+    try:
+        text = args.config.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {args.config}: {exc}") from exc
+    relay = subparser(parser, ["relay"])
+    values = parse_config(
+        text, relay, source=str(args.config), base_dir=args.config.parent
     )
-    node = RelayNode(config, identity, onion, TcpNetwork())
+    return apply_config(lambda: parser.parse_args(argv), relay, values)
+
+
+def _relay(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    if args.relay_command is not None:
+        return _RELAY_COMMANDS[args.relay_command](args)
+    from hopchain.relay.daemon import RelayDaemon
+
+    return RelayDaemon(lambda: _relay_arguments(args.argv), ready=_ready)
+
+
+def _relay_init(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
+    from hopchain.relay.daemon import init_relay
+    from hopchain.relayconfig import record_given, render_config, subparser
+
+    parser = build_parser()
+    init = subparser(parser, ["relay", "init"])
+    given = record_given(init, lambda: parser.parse_args(args.argv))
+    if args.data_dir is None:
+        raise ConfigError("relay init needs --data-dir")
+
+    def text(data_dir: Path) -> str:
+        given["data_dir"] = str(data_dir)
+        return render_config(init, given, title=f"hopchain {__version__} relay")
+
+    message = init_relay(args.data_dir, text)
 
     async def run() -> None:
-        import trio
-
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(node.serve)
-            await node.published.wait()
-            _ready(f"ready {args.address}:{port}")
+        print(message, flush=True)
 
     return run
 
 
-def _exit_policy(args: argparse.Namespace) -> "ExitPolicy | None":
-    """The relay's exit policy from its options (None: the default)."""
-    from hopchain.exitpolicy import default_policy, format_ports, parse_policy
-    from hopchain.flags import EXIT_PORTS
-    from hopchain.safelog import log_event
-
-    policy = None
-    if args.exit_policy is not None:
-        policy = parse_policy(args.exit_policy, "--exit-policy")
-    elif args.exit_policy_file is not None:
-        try:
-            text = args.exit_policy_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--exit-policy-file: cannot read it: {exc}") from exc
-        policy = parse_policy(text, str(args.exit_policy_file))
-    elif args.exit_ports is not None:
-        rules = [f"accept *:{part.strip()}" for part in args.exit_ports.split(",")]
-        policy = parse_policy(", ".join([*rules, "reject *:*"]), "--exit-ports")
-    if args.exit:
-        summary = (policy or default_policy(args.test_network)).summary()
-        log_event(logger, logging.INFO, "exit_policy", ports=format_ports(summary))
-        if sum(any(lo <= p <= hi for lo, hi in summary) for p in EXIT_PORTS) < 2:
-            logger.warning(
-                "the exit policy accepts fewer than two of ports 80, 443 and "
-                "6667 in general: authorities give no Exit flag, and clients "
-                "will not exit here"
-            )
-    return policy
+# ``hopchain relay SUBCOMMAND``: add a subcommand's parser next to "init"
+# above and its runner here.
+_RELAY_COMMANDS: dict[
+    str, Callable[[argparse.Namespace], Callable[[], Awaitable[None]]]
+] = {
+    "init": _relay_init,
+}
 
 
 def _client(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
@@ -908,24 +831,58 @@ _COMMANDS = {
 }
 
 
+@runtime_checkable
+class GracefulCommand(Protocol):
+    """A command that stops gracefully and reloads (the relay daemon)."""
+
+    def __call__(self) -> Awaitable[None]: ...
+
+    def stop(self) -> None:
+        """Begin a graceful stop: the call then returns by itself."""
+
+    def reload(self) -> None:
+        """Re-read the configuration."""
+
+
 async def _until_signalled(run: Callable[[], Awaitable[None]]) -> None:
+    """Run a command; SIGTERM/SIGINT cancel it.  A ``GracefulCommand`` gets
+    ``stop()`` on the first such signal (the second cancels) and
+    ``reload()`` on SIGHUP."""
     import signal
 
     import trio
+
+    graceful = run if isinstance(run, GracefulCommand) else None
+    wanted = [signal.SIGTERM, signal.SIGINT]
+    if graceful is not None:
+        wanted.append(signal.SIGHUP)
 
     async def main_task() -> None:
         await run()
         nursery.cancel_scope.cancel()  # one-shot commands end here
 
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(*wanted) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(main_task)
 
             async def watch() -> None:
+                stopping = False
                 async for signum in signals:
-                    logger.info("stopping (%s)", signal.Signals(signum).name)
-                    nursery.cancel_scope.cancel()
-                    return
+                    name = signal.Signals(signum).name
+                    if graceful is not None and signum == signal.SIGHUP:
+                        logger.info("reloading the configuration (SIGHUP)")
+                        graceful.reload()
+                    elif graceful is not None and not stopping:
+                        stopping = True
+                        logger.info(
+                            "stopping gracefully (%s); send it again to stop now",
+                            name,
+                        )
+                        graceful.stop()
+                    else:
+                        logger.info("stopping (%s)", name)
+                        nursery.cancel_scope.cancel()
+                        return
 
             nursery.start_soon(watch)
 
@@ -952,6 +909,7 @@ def main(argv: list[str] | None = None) -> None:
         args = build_status_parser().parse_args(argv[2:])
     else:
         args = build_parser().parse_args(argv)
+    args.argv = argv
     _configure_logging(args.log_level, unsafe=getattr(args, "unsafe_logging", False))
     import trio
 

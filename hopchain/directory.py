@@ -46,6 +46,7 @@ from hopchain.errors import DirectoryError
 MAX_DESCRIPTOR: Final = 8 * 1024
 MAX_CONSENSUS: Final = 4 * 1024 * 1024
 CLOCK_SKEW: Final = 60.0
+MAX_CONTACT: Final = 256
 _DESCRIPTOR_PREFIX: Final = b"hopchain descriptor v1\0"
 _CONSENSUS_PREFIX: Final = b"hopchain consensus v1\0"
 _VOTE_PREFIX: Final = b"hopchain vote v1\0"
@@ -65,6 +66,10 @@ class Descriptor:
     ``observed_bandwidth`` what the relay measured of its own relayed
     throughput (``hopchain.bandwidth``); in a consensus, ``bandwidth`` is
     replaced by the authorities' value (see ``RouterStatus``).
+    ``address6`` is an optional second, IPv6, address
+    with the same ``or_port`` next to an IPv4 ``address``; ``contact`` is
+    the operator's optional contact line.  Both are left out of the signed
+    body when empty, so descriptors without them encode as before.
     """
 
     nickname: str
@@ -79,6 +84,8 @@ class Descriptor:
     published: float
     test_network: bool
     observed_bandwidth: int = 0
+    address6: str = ""
+    contact: str = ""
 
     def allows_exit_to(self, port: int) -> bool:
         """Whether the exit policy accepts destination ``port``."""
@@ -190,22 +197,25 @@ def _unpack(raw: bytes, limit: int, what: str) -> Any:
 
 def sign_descriptor(descriptor: Descriptor, sign: Callable[[bytes], bytes]) -> bytes:
     """The signed descriptor bytes (``sign`` is the identity key's sign)."""
-    body = _pack(
-        {
-            "nickname": descriptor.nickname,
-            "identity": descriptor.identity,
-            "onion_key": descriptor.onion_key,
-            "address": descriptor.address,
-            "or_port": descriptor.or_port,
-            "bandwidth": descriptor.bandwidth,
-            "exit_ports": [list(r) for r in descriptor.exit_ports],
-            "family": list(descriptor.family),
-            "country": descriptor.country,
-            "published": descriptor.published,
-            "test_network": descriptor.test_network,
-            "observed_bandwidth": descriptor.observed_bandwidth,
-        }
-    )
+    fields: dict[str, object] = {
+        "nickname": descriptor.nickname,
+        "identity": descriptor.identity,
+        "onion_key": descriptor.onion_key,
+        "address": descriptor.address,
+        "or_port": descriptor.or_port,
+        "bandwidth": descriptor.bandwidth,
+        "exit_ports": [list(r) for r in descriptor.exit_ports],
+        "family": list(descriptor.family),
+        "country": descriptor.country,
+        "published": descriptor.published,
+        "test_network": descriptor.test_network,
+        "observed_bandwidth": descriptor.observed_bandwidth,
+    }
+    if descriptor.address6:
+        fields["address6"] = descriptor.address6
+    if descriptor.contact:
+        fields["contact"] = descriptor.contact
+    body = _pack(fields)
     return _pack([body, sign(_DESCRIPTOR_PREFIX + body)])
 
 
@@ -272,6 +282,14 @@ def verify_descriptor(raw: bytes, now: float) -> SignedDescriptor:
     test_network = _field(body, "test_network", bool)
     observed = _field(body, "observed_bandwidth", int)
     _require(observed >= 0, "negative observed bandwidth")
+    address6 = _field(body, "address6", str) if "address6" in body else ""
+    if address6:
+        try:
+            _require(ipaddress.ip_address(address6).version == 6, "bad address6")
+        except ValueError as exc:
+            raise DirectoryError("descriptor address6 is not an IP address") from exc
+    contact = _field(body, "contact", str) if "contact" in body else ""
+    _require(len(contact) <= MAX_CONTACT and contact.isprintable(), "bad contact")
     descriptor = Descriptor(
         nickname=nickname,
         identity=identity,
@@ -285,6 +303,8 @@ def verify_descriptor(raw: bytes, now: float) -> SignedDescriptor:
         published=published,
         test_network=test_network,
         observed_bandwidth=observed,
+        address6=address6,
+        contact=contact,
     )
     return SignedDescriptor(descriptor, raw)
 

@@ -51,3 +51,72 @@ def load_or_create_secret(path: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(secret)
     return secret
+
+
+def write_secret(path: Path, secret: bytes) -> None:
+    """Replace ``path`` with ``secret`` atomically, mode 0600.
+
+    The bytes go to a temporary file in the same directory first, so a crash
+    leaves either the old key or the new one, never half of one.
+    """
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+class OnionKeyFiles:
+    """A relay's onion keys on disk: the current one and, during the grace
+    period after a rotation, the previous one.
+
+    ``onion.key`` holds the current secret, ``onion.key.old`` the previous
+    one, and ``onion.key.created`` the time (seconds since the epoch) the
+    current key was made.  A data directory from before rotation existed has
+    no ``onion.key.created``; its key counts as made at the first start.
+    """
+
+    CURRENT = "onion.key"
+    PREVIOUS = "onion.key.old"
+    CREATED = "onion.key.created"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def load(self, now: float) -> tuple[bytes, bytes | None, float]:
+        """(current secret, previous secret or None, creation time).
+
+        Raises:
+            ConfigError: a key file is group- or world-readable or malformed,
+                or the creation time is not a number.
+        """
+        current = load_or_create_secret(self.data_dir / self.CURRENT)
+        old = self.data_dir / self.PREVIOUS
+        previous = load_or_create_secret(old) if old.exists() else None
+        created_path = self.data_dir / self.CREATED
+        try:
+            created = float(created_path.read_text(encoding="ascii").strip())
+        except FileNotFoundError:
+            created = now
+            self._write_created(now)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(
+                f"{created_path} must hold a time in seconds since the epoch"
+            ) from exc
+        return current, previous, created
+
+    def rotate(self, current: bytes, new: bytes, now: float) -> None:
+        """Keep ``current`` as the previous key and make ``new`` current."""
+        write_secret(self.data_dir / self.PREVIOUS, current)
+        write_secret(self.data_dir / self.CURRENT, new)
+        self._write_created(now)
+
+    def drop_previous(self) -> None:
+        """Delete the previous key once its grace period is over."""
+        (self.data_dir / self.PREVIOUS).unlink(missing_ok=True)
+
+    def _write_created(self, now: float) -> None:
+        write_secret(self.data_dir / self.CREATED, f"{now!r}\n".encode("ascii"))

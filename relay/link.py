@@ -113,6 +113,8 @@ class Link:
         self._wakeup = trio.Event()
         self.traffic = Traffic()
         self._shared = shared
+        self._batch_sent = trio.Event()
+        self._sending = False
 
     @property
     def queued_bytes(self) -> int:
@@ -195,10 +197,24 @@ class Link:
                 if budget is not None:
                     budget.remove(size)
                 record = self._sealer.seal(b"".join(batch))
+                self._sending = True
                 await self.stream.send_all(record)
+                self._sending = False
                 self.traffic.bytes_sent += len(record)
+                sent, self._batch_sent = self._batch_sent, trio.Event()
+                sent.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.closed = True
+            self._batch_sent.set()
+
+    async def flush(self) -> None:
+        """Wait until every cell queued so far is written, or the link closed.
+
+        For an orderly close: queue the last cells (END, DESTROY), flush,
+        then close.  The caller bounds the wait.
+        """
+        while (self._queue or self._sending) and not self.closed:
+            await self._batch_sent.wait()
 
     async def receive_cells(self) -> AsyncIterator[list[Cell]]:
         """Cells as they arrive, one record at a time, until EOF.
@@ -258,6 +274,7 @@ class Link:
         self.closed = True
         self._drop_all()
         self._wakeup.set()
+        self._batch_sent.set()
         await self.stream.aclose()
 
 
@@ -292,7 +309,7 @@ async def initiate(
     )
     reader = BufferedReader(stream)
     with trio.fail_after(HANDSHAKE_TIMEOUT):
-        await stream.send_all(state.ephemeral_public)
+        await stream.send_all(peer_onion_key + state.ephemeral_public)
         reply = await reader.read_exactly(handshake.SERVER_MESSAGE_BYTES)
     prk = handshake.client_finish(state, reply)
     link = Link(
@@ -321,14 +338,16 @@ async def respond(
     within ``timeout`` seconds.
 
     Raises:
-        HandshakeError: a malformed or low-order handshake message.
+        HandshakeError: a malformed or low-order handshake message, or one
+            made with an onion key that is not among ``onion_keys``.
         EOFError: the peer closed during the handshake.
         trio.TooSlowError: the peer did not finish in time.
     """
     reader = BufferedReader(stream)
     with trio.fail_after(timeout):
-        x = await reader.read_exactly(32)
-        message = identity.public + onion_keys[0].public + x
+        # B | X: B names which of the onion keys the initiator took from its
+        # directory (the previous one stays valid for a while after a rotation).
+        message = identity.public + await reader.read_exactly(64)
         reply, prk = handshake.server_reply_with_ephemeral(
             handshake.LINK_LABEL,
             identity.public,

@@ -6,6 +6,7 @@ exit connections and exit name lookups (RESOLVE), which run as tasks of
 their own in the node's nursery.
 """
 
+import dataclasses
 import errno
 import logging
 import secrets
@@ -17,6 +18,7 @@ from typing import Any, Final
 import trio
 from hopchain.relay import dirclient
 from hopchain.relay.dirclient import AuthorityAddress
+from hopchain.relay.keystore import OnionKeyFiles
 from hopchain.relay.limits import RelayLimiter, ThrottledStream
 from hopchain.relay.link import (
     LINK_SETUP_ERRORS,
@@ -57,6 +59,7 @@ from hopchain.messages import (
     Resolve,
     Sendme,
 )
+from hopchain.onionrotation import RotationPolicy, plan
 from hopchain.oom import select_victims
 from hopchain.relaycircuit import Deliver, Forward, RelayCircuit, Respond
 from hopchain.relaylimits import RelayLimits
@@ -69,6 +72,14 @@ EXTEND_TIMEOUT: Final = 15.0
 CONNECT_TIMEOUT: Final = 20.0
 RESOLVE_TIMEOUT: Final = 20.0
 PUBLISH_RETRY: Final = 2.0
+# After the drain, how long the last ENDs and DESTROYs may take to leave.
+CLOSE_TIMEOUT: Final = 5.0
+# The rotation loop sleeps at most this long, so a wall-clock jump (a
+# suspended machine, a corrected clock) is noticed within the hour.
+ROTATION_RECHECK: Final = 3600.0
+# RelayConfig fields that RelayNode.reload applies to a running relay (for
+# new streams and circuits); changes to any other field need a restart.
+RELOADABLE: Final = ("exit_policy", "bandwidth", "limits")
 _QUEUE_REFUSED: Final = "link closed, or circuit queue full (flow control ignored)"
 
 
@@ -79,6 +90,9 @@ class RelayConfig:
     nickname: str
     address: str
     port: int = 0
+    ipv6_address: str = ""
+    contact: str = ""
+    family: tuple[bytes, ...] = ()
     authorities: list[AuthorityAddress] = field(default_factory=list)
     exit: bool = False
     exit_policy: exitpolicy.ExitPolicy | None = None  # None: default_policy()
@@ -90,6 +104,16 @@ class RelayConfig:
     metrics_address: str = "127.0.0.1"
     metrics_allow_public: bool = False
     limits: RelayLimits = field(default_factory=RelayLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotation:
+    """Where the onion keys live and how often they change."""
+
+    files: OnionKeyFiles
+    policy: RotationPolicy
+    created: float
+    previous: OnionKey | None = None
 
 
 @dataclass(eq=False)
@@ -118,19 +142,34 @@ class RelayNode:
         identity: IdentityKey,
         onion_key: OnionKey,
         network: Network,
+        *,
+        rotation: KeyRotation | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
+        # The current onion key first (published), then the previous one
+        # while its grace period lasts (still answered).
         self.onion_keys = [onion_key]
         self.network = network
         self.port = config.port
+        self._rotation = rotation
+        if rotation is not None:
+            self._onion_created = rotation.created
+            if rotation.previous is not None:
+                self.onion_keys.append(rotation.previous)
+        self._links: set[Link] = set()
+        self._accepting = trio.CancelScope()
+        self._republish = trio.Event()
+        self._draining = False
+        self._drained = trio.Event()
+        self._splices: set[trio.CancelScope] = set()
+        self._splices_ended = trio.Event()
         self._by_prev: dict[tuple[Link, int], _Circuit] = {}
         self._by_next: dict[tuple[Link, int], _Circuit] = {}
         self._out_links: dict[bytes, Link] = {}
         self._link_locks: dict[bytes, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
         self.published = trio.Event()
-        self._links: set[Link] = set()
         self.stats = RelayStats()
         self.metrics_port: int | None = None
         self._exit_policy = (
@@ -150,6 +189,7 @@ class RelayNode:
         )
         self._link_addresses: dict[Link, str] = {}
         self._in_oom = False
+        self.stopped = trio.Event()  # set when a shutdown has finished
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -159,6 +199,15 @@ class RelayNode:
         """Listen, publish to the authorities, and relay until cancelled."""
         listeners = await self.network.listen(self.config.address, self.config.port)
         self.port = bound_port(listeners)
+        if self.config.ipv6_address:
+            try:
+                listeners += await self.network.listen(
+                    self.config.ipv6_address, self.port
+                )
+            except BaseException:
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                raise
         logger.info(
             "relay %s (%s) listening on port %d%s",
             self.config.nickname,
@@ -180,10 +229,96 @@ class RelayNode:
                         allow_public=self.config.metrics_allow_public,
                     )
                 )
-            nursery.start_soon(trio.serve_listeners, self._accept, listeners)
+            nursery.start_soon(self._listen, listeners, nursery)
             if self.config.authorities:
                 nursery.start_soon(self._publish_loop)
+            if self._rotation is not None:
+                nursery.start_soon(self._rotation_loop)
             task_status.started(self.port)
+
+    async def _listen(
+        self, listeners: list[trio.SocketListener], nursery: trio.Nursery
+    ) -> None:
+        # Links run in the node's nursery, so that closing the listeners
+        # (shutdown) leaves the established links alone.
+        with self._accepting:
+            await trio.serve_listeners(self._accept, listeners, handler_nursery=nursery)
+
+    def shutdown(self, grace: float) -> None:
+        """Stop gracefully: the entry point for SIGTERM and SIGINT.
+
+        At once: close the listeners, and refuse new circuits, extensions and
+        streams.  Then let the circuits finish for up to ``grace`` seconds;
+        after that, end every exit stream in order (END DONE after the data
+        already read), destroy the remaining circuits, give the links up to
+        ``CLOSE_TIMEOUT`` to write those last cells, and stop: ``serve``
+        returns.  A second call changes nothing; to stop at once, cancel
+        ``serve`` instead.
+        """
+        if self._draining or self._nursery is None:
+            return
+        self._draining = True
+        self._accepting.cancel()
+        logger.info(
+            "shutting down: no new links, circuits or streams; %d circuits "
+            "may finish within %g s",
+            len(self._by_prev),
+            grace,
+        )
+        self._nursery.start_soon(self._drain, grace)
+
+    async def _drain(self, grace: float) -> None:
+        with trio.move_on_after(grace):
+            if self._by_prev:
+                await self._drained.wait()
+        left = len(self._by_prev)
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            self._splices_ended = trio.Event()
+            for scope in list(self._splices):
+                scope.cancel()
+            if self._splices:
+                await self._splices_ended.wait()
+            for circuit in list(self._by_prev.values()):
+                self._teardown(circuit)
+            for link in list(self._links):
+                await link.flush()
+        logger.info("stopped; %d circuits were still open after the grace time", left)
+        self.stopped.set()
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    def reload(self, config: RelayConfig) -> list[str]:
+        """Apply the ``RELOADABLE`` fields of ``config`` (SIGHUP).
+
+        Circuits and streams stay up; new streams see the new values.  A
+        change to any other field is logged as needing a restart.  Returns
+        the names of the fields that changed.
+        """
+        changed = [
+            f.name
+            for f in dataclasses.fields(RelayConfig)
+            if getattr(config, f.name) != getattr(self.config, f.name)
+        ]
+        applied = [name for name in changed if name in RELOADABLE]
+        ignored = [name for name in changed if name not in RELOADABLE]
+        if ignored:
+            logger.warning(
+                "reload: %s changed; that takes a restart", ", ".join(ignored)
+            )
+        self.config = dataclasses.replace(
+            self.config, **{name: getattr(config, name) for name in applied}
+        )
+        if "exit_policy" in applied:
+            self.set_exit_policy(
+                self.config.exit_policy
+                or exitpolicy.default_policy(self.config.test_network)
+            )
+        if "limits" in applied:
+            self.limits.reload(self.config.limits)
+        logger.info("reloaded: %s", ", ".join(applied) or "nothing changed")
+        if applied:
+            self._republish.set()
+        return applied
 
     def descriptor(self) -> bytes:
         """This relay's signed descriptor, published now."""
@@ -192,10 +327,12 @@ class RelayNode:
             identity=self.identity.public,
             onion_key=self.onion_keys[0].public,
             address=self.config.address,
+            address6=self.config.ipv6_address,
+            contact=self.config.contact,
             or_port=self.port,
             bandwidth=self.config.bandwidth,
             exit_ports=self._exit_policy.summary() if self.config.exit else (),
-            family=(),
+            family=self.config.family,
             country=self.config.country,
             published=wall_clock(),
             test_network=self.config.test_network,
@@ -222,9 +359,43 @@ class RelayNode:
                 if not self.published.is_set():
                     logger.info("descriptor published to %d authorities", ok)
                 self.published.set()
-                await trio.sleep(self.config.publish_interval)
+                with trio.move_on_after(self.config.publish_interval):
+                    await self._republish.wait()
+                self._republish = trio.Event()
             else:
                 await trio.sleep(PUBLISH_RETRY)
+
+    # --- onion keys ------------------------------------------------------------
+
+    async def _rotation_loop(self) -> None:
+        while True:
+            wait = self.check_onion_keys(wall_clock())
+            await trio.sleep(min(wait, ROTATION_RECHECK))
+
+    def check_onion_keys(self, now: float) -> float:
+        """Rotate the onion key or forget the previous one when due.
+
+        Returns the seconds until the next change is due.  A new key is
+        written to disk before it is used, and published at once.
+        """
+        assert self._rotation is not None
+        files, policy = self._rotation.files, self._rotation.policy
+        step = plan(self._onion_created, len(self.onion_keys) > 1, now, policy)
+        if step.rotate:
+            new = OnionKey(secrets.token_bytes(32))
+            files.rotate(self.onion_keys[0].secret, new.secret, now)
+            self.onion_keys = [new, self.onion_keys[0]]
+            self._onion_created = now
+            self._republish.set()
+            logger.info(
+                "onion key rotated; the previous one is answered for %g s more",
+                policy.grace,
+            )
+        elif step.drop_previous:
+            files.drop_previous()
+            self.onion_keys = self.onion_keys[:1]
+            logger.info("the previous onion key's grace period is over; deleted")
+        return max(0.0, step.wake_at - now)
 
     # --- links -------------------------------------------------------------
 
@@ -291,7 +462,7 @@ class RelayNode:
             if link is not None and not link.closed:
                 return link
             stream = await self.network.connect(
-                host, port, local_address=self.config.address
+                host, port, local_address=self._local_address_for(host)
             )
             try:
                 link = await initiate(
@@ -346,6 +517,9 @@ class RelayNode:
                 raise LinkError(str(exc)) from exc
 
     def _create(self, link: Link, cell: Cell) -> None:
+        if self._draining:
+            link.send(cell.circ_id, CellCommand.DESTROY, bytes([EndReason.DESTROYED]))
+            return
         # Per-address limits apply to clients; a relay (authenticated link)
         # carries many clients' circuits and is exempt.  Checked before the
         # handshake's crypto work.
@@ -438,6 +612,8 @@ class RelayNode:
         for scope in [*circuit.connecting.values(), *circuit.resolving.values()]:
             scope.cancel()
         circuit.credit.fire()
+        if self._draining and not self._by_prev:
+            self._drained.set()
 
     def _out_of_memory(self) -> None:
         """Queued cells exceed the cap: close the circuits holding the most
@@ -479,6 +655,9 @@ class RelayNode:
 
     def _deliver(self, circuit: _Circuit, message: object) -> None:
         assert self._nursery is not None
+        if self._draining and isinstance(message, Extend | Begin | Resolve):
+            self._refuse_while_draining(circuit, message)
+            return
         match message:
             case Extend():
                 self._nursery.start_soon(self._guarded, circuit, self._extend, message)
@@ -526,6 +705,17 @@ class RelayNode:
             case Sendme():
                 circuit.credit.fire()
 
+    def _refuse_while_draining(
+        self, circuit: _Circuit, message: Extend | Begin | Resolve
+    ) -> None:
+        send = self._sender(circuit)
+        if isinstance(message, Extend):
+            send([circuit.core.extend_failed(EndReason.MISC)])
+        elif isinstance(message, Begin):
+            send(circuit.core.end_stream(message.stream_id, EndReason.MISC))
+        else:
+            send(circuit.core.resolved(message.stream_id, reason=EndReason.MISC))
+
     async def _guarded(
         self,
         circuit: _Circuit,
@@ -547,10 +737,20 @@ class RelayNode:
                 host,
                 port,
                 test_network=self.config.test_network,
-                own_addresses=[self.config.address],
+                own_addresses=self._own_addresses(),
             )
         except ValueError:
             return False
+
+    def _own_addresses(self) -> list[str]:
+        return [a for a in (self.config.address, self.config.ipv6_address) if a]
+
+    def _local_address_for(self, destination: str) -> str | None:
+        """The relay's own address of the destination's family, to connect
+        from (exits contact destinations from their published address)."""
+        return next(
+            (a for a in self._own_addresses() if _same_family(a, destination)), None
+        )
 
     async def _extend(self, circuit: _Circuit, message: Extend) -> None:
         if not self._may_extend_to(message.host, message.port):
@@ -653,12 +853,19 @@ class RelayNode:
         if sid in circuit.half_closed:
             circuit.half_closed.discard(sid)
             stream.remote_end()
+        splicing = trio.CancelScope()  # cancelled by the shutdown
+        self._splices.add(splicing)
         try:
-            await splice(
-                CountingStream(ThrottledStream(socket, self.limits), self.stats), stream
-            )
+            with splicing:
+                await splice(
+                    CountingStream(ThrottledStream(socket, self.limits), self.stats),
+                    stream,
+                )
         finally:
             self.stats.streams_closed += 1
+            self._splices.discard(splicing)
+            if not self._splices:
+                self._splices_ended.set()  # what the shutdown waits for
             # A closed stream stays registered until the client's END too, so
             # its late data is credited and reset rather than unexpected.
             forget_if_ended(circuit.streams, circuit.core.streams, sid)
@@ -779,9 +986,7 @@ class RelayNode:
                     )
                 last: OSError | None = None
                 for address in allowed:
-                    local = self.config.address if ":" not in address else None
-                    if ":" in self.config.address:
-                        local = self.config.address if ":" in address else None
+                    local = self._local_address_for(address)
                     try:
                         stream = await self.network.connect(
                             address, port, local_address=local
@@ -802,7 +1007,7 @@ class RelayNode:
                 address,
                 port,
                 test_network=self.config.test_network,
-                own_addresses=[self.config.address],
+                own_addresses=self._own_addresses(),
                 own_ports=[self.port],
                 policy=policy,
             )
@@ -822,6 +1027,10 @@ def egress_of(stream: trio.abc.Stream) -> str:
     if not isinstance(local, tuple) or not isinstance(local[0], str):
         return ""
     return local[0].split("%", 1)[0]
+
+
+def _same_family(a: str, b: str) -> bool:
+    return (":" in a) == (":" in b)
 
 
 def _reason_for(exc: OSError | None) -> EndReason:

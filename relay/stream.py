@@ -119,8 +119,13 @@ class CircuitStream(trio.abc.HalfCloseableStream):
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Bytes from the far end; b"" once it half-closed.
 
+        Once the far end has half-closed (END DONE), what it sent stays
+        readable, then EOF, even if the circuit is destroyed right after (as
+        a relay that shuts down does: END, then DESTROY).
+
         Raises:
-            trio.BrokenResourceError: the stream or circuit was destroyed.
+            trio.BrokenResourceError: the stream or circuit was destroyed
+                before the far end half-closed.
             trio.ClosedResourceError: this stream was closed.
         """
         if max_bytes is not None:
@@ -135,7 +140,7 @@ class CircuitStream(trio.abc.HalfCloseableStream):
             while True:
                 if self._closed:
                     raise trio.ClosedResourceError("stream closed")
-                if self._broken:
+                if self._broken and not self._remote_done:
                     raise trio.BrokenResourceError("circuit stream destroyed")
                 if self._inbound:
                     data = self._take(max_bytes)
@@ -169,7 +174,7 @@ class CircuitStream(trio.abc.HalfCloseableStream):
         while cells and cells[0] == 0:  # empty DATA cells
             cells.popleft()
             finished += 1
-        if finished:
+        if finished and not self._broken:  # no credit on a destroyed circuit
             self._send(self._circuit.consumed(self.stream_id, finished))
         return data
 

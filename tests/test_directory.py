@@ -260,6 +260,12 @@ BAD_FIELDS = {
     "published int": {"published": int(NOW)},
     "test_network int": {"test_network": 1},
     "test_network missing": {"test_network": None},
+    "address6 IPv4": {"address6": "198.51.100.8"},
+    "address6 name": {"address6": "relay.example"},
+    "address6 bytes": {"address6": b"\0" * 16},
+    "contact control character": {"contact": "ops\n@example.org"},
+    "contact too long": {"contact": "x" * 257},
+    "contact bytes": {"contact": b"ops"},
 }
 
 
@@ -271,6 +277,13 @@ def test_descriptor_bad_fields_are_refused(changes: dict[str, object]) -> None:
         signer = key("short")
     with pytest.raises(DirectoryError):
         verify_descriptor(sign_body(body, signer), NOW)
+
+
+def test_optional_address6_and_contact_round_trip_and_are_left_out_when_empty() -> None:
+    desc = make_descriptor(address6="2001:db8::7", contact="ops@example.org")
+    assert verify_descriptor(sign_descriptor(desc, RELAY.sign), NOW).descriptor == desc
+    plain = make_descriptor()
+    assert sign_descriptor(plain, RELAY.sign) == sign_body(good_body())
 
 
 def test_descriptor_good_body_fixture_verifies() -> None:

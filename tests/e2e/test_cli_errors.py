@@ -33,7 +33,7 @@ def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
                 "--authority",
                 f"127.0.0.1:7000={KEY}",
             ],
-            "--address must be the address clients reach",
+            "argument --address: must be the address clients reach",
         ),
         (
             [
@@ -45,7 +45,7 @@ def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
                 "--authority",
                 f"127.0.0.1:7000={KEY}",
             ],
-            "--address must be an IP address",
+            "argument --address: must be an IP address",
         ),
         (
             [
@@ -57,7 +57,7 @@ def hopchain(*args: str) -> subprocess.CompletedProcess[str]:
                 "--authority",
                 f"127.0.0.1:7000={KEY}",
             ],
-            "--nickname must be",
+            "argument --nickname: must be",
         ),
         (
             [
@@ -223,3 +223,77 @@ def test_the_demo_hands_geoip_files_to_its_client(tmp_path: Path) -> None:
     args = cli.build_parser().parse_args(["demo", "--geoip-mmdb", str(mmdb)])
     argv = cli._client_argv(args)
     assert argv[argv.index("--geoip-mmdb") + 1] == str(mmdb.resolve())
+
+
+def _init_relay(tmp_path: Path) -> Path:
+    result = hopchain(
+        "relay",
+        "init",
+        "--data-dir",
+        str(tmp_path / "relay"),
+        "--nickname",
+        "r1",
+        "--address",
+        "127.0.0.2",
+        "--authority",
+        f"127.0.0.1:7000={KEY}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hopchain relay --config" in result.stdout
+    return tmp_path / "relay" / "relay.toml"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("\n# port = 9001", "\nport = 99999"), "line {}: port: port must be 0..65535"),
+        (
+            ("\n# exit_ports = ", "\nexit_ports = 0\n# "),
+            "line {}: exit_ports: bad port",
+        ),
+        (("\nnickname", "\nnick_name"), "line {}: nick_name: unknown key"),
+        (("\n# exit = false", "\nexit = 1"), "line {}: exit: must be true or false"),
+        (("\nnickname = ", "\nnickname == "), "(at line {}, column"),
+    ],
+)
+def test_a_broken_config_file_names_the_line_and_the_key(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
+    config = _init_relay(tmp_path)
+    text = config.read_text()
+    before, after = edit
+    assert before in text
+    text = text.replace(before, after, 1)
+    config.write_text(text)
+    result = hopchain("relay", "--config", str(config))
+    assert "Traceback" not in result.stderr
+    line = text[: text.index(after)].count("\n") + 2
+    assert result.returncode == 2
+    assert message.format(line) in result.stderr
+    assert str(config) in result.stderr
+    assert "listening" not in result.stderr  # refused before any socket
+
+
+def test_a_world_readable_key_file_stops_a_configured_relay(tmp_path: Path) -> None:
+    config = _init_relay(tmp_path)
+    for name in ("identity.key", "onion.key"):
+        key_file = config.parent / name
+        key_file.chmod(0o644)
+        result = hopchain("relay", "--config", str(config))
+        assert result.returncode == 2
+        assert f"key file {key_file} is readable by group or others" in result.stderr
+        assert f"chmod 600 {key_file}" in result.stderr
+        assert "listening" not in result.stderr
+        key_file.chmod(0o600)
+
+
+def test_relay_init_keeps_an_existing_config(tmp_path: Path) -> None:
+    config = _init_relay(tmp_path)
+    config.write_text("# mine\n")
+    result = hopchain("relay", "init", "--data-dir", str(config.parent))
+    assert result.returncode == 2
+    assert "exists already" in result.stderr
+    assert config.read_text() == "# mine\n"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in config.parent.iterdir()}
+    assert modes["identity.key"] == modes["onion.key"] == 0o600
+    assert config.parent.stat().st_mode & 0o777 == 0o700

@@ -513,4 +513,4 @@ async def test_policy_options_are_exclusive(tmp_path: Path) -> None:
 async def test_exit_ports_is_a_policy_shorthand(tmp_path: Path) -> None:
     status, stderr = await _relay_cli(tmp_path, "--exit-ports", "80,44x")
     assert status == 2
-    assert "--exit-ports: rule 2 'accept *:44x': bad port '44x'" in stderr
+    assert "argument --exit-ports: bad port range '44x'" in stderr

@@ -187,7 +187,8 @@ async def test_handshake_failures_are_counted_by_reason(
     relay = metrics_net.relays[0]
     with trio.fail_after(30):
         before = await scrape(relay)
-        for garbage in (b"short", bytes(32)):  # closed early; a low-order key
+        # Closed early; the relay's onion key with a low-order ephemeral key.
+        for garbage in (b"short", relay.onion_keys[0].public + bytes(32)):
             stream = await trio.open_tcp_stream(relay.config.address, relay.port)
             async with stream:
                 await stream.send_all(garbage)
