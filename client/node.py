@@ -264,6 +264,10 @@ class ClientNode:
             assert self.config.data_dir is not None
             ensure_private_dir(self.config.data_dir)
             control = await open_control_listener(self.config.control_path)
+        guards = GuardSet()
+        if self.config.data_dir is not None:  # no thread without files: under a
+            # virtual clock a thread lets time jump while it runs
+            guards = await trio.to_thread.run_sync(self._load_guards)
         async with trio.open_nursery() as nursery:
             manager = CircuitManager(
                 self.network,
@@ -274,8 +278,10 @@ class ClientNode:
                 rng=self.rng,
                 nursery=nursery,
                 countries=self.config.countries,
-                guards=await trio.to_thread.run_sync(self._load_guards),
-                on_guards_changed=self._save_guards,
+                guards=guards,
+                on_guards_changed=None
+                if self.config.data_dir is None
+                else self._save_guards,
             )
             self.manager = manager
             try:

@@ -87,7 +87,7 @@ class SocksListener:
         self._pending = 0
         self._warned_socks4_ip = False
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
         """Serve one app connection."""
         async with stream:
             if self._pending >= self._options.max_pending:
@@ -153,7 +153,10 @@ class SocksListener:
         return None
 
     async def _connect(
-        self, stream: trio.SocketStream, session: _Session, request: ConnectRequest
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        session: _Session,
+        request: ConnectRequest,
     ) -> None:
         protocol = session.protocol
         if protocol == "socks4" and not request.by_name and not self._warned_socks4_ip:
@@ -194,7 +197,10 @@ class SocksListener:
             manager.release(handle, circuit_stream)
 
     async def _resolve(
-        self, stream: trio.SocketStream, protocol: str, request: ResolveRequest
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        protocol: str,
+        request: ResolveRequest,
     ) -> None:
         """Answer RESOLVE / RESOLVE_PTR with what an exit found, then close."""
         if not request.ptr and _is_ip_literal(request.query):

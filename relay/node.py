@@ -182,7 +182,7 @@ class RelayNode:
 
     # --- links -------------------------------------------------------------
 
-    async def _accept(self, stream: trio.SocketStream) -> None:
+    async def _accept(self, stream: trio.abc.HalfCloseableStream) -> None:
         try:
             link = await respond(stream, self.identity, self.onion_keys)
         except LINK_SETUP_ERRORS as exc:
