@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 from hopchain.simulations.network.params import SIZES, SimResult
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 __all__ = ["plot_all"]
 
@@ -145,13 +146,16 @@ def _relay_load(result: SimResult, out: Path) -> Path:
         [r.bytes_sent / 2**20 for r in relays],
         color=colors,
     )
-    ax.bar([], [], color="tab:orange", label="exit")
-    ax.bar([], [], color="tab:blue", label="guard or middle")
+    ax.legend(
+        handles=[
+            Patch(color="tab:orange", label="exit"),
+            Patch(color="tab:blue", label="guard or middle"),
+        ]
+    )
     ax.set_title(f"Relay load: bytes sent\n{_subtitle(result)}", fontsize=10)
     ax.set_xlabel("relay")
     ax.set_ylabel("sent (MiB)")
     ax.tick_params(axis="x", labelrotation=90, labelsize=8)
-    ax.legend()
     return _save(fig, out / "relay_load.png")
 
 
