@@ -70,12 +70,16 @@ class NetworkParams:
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """One download: ``error`` is empty when it succeeded."""
+    """One download: ``error`` is empty when it succeeded.
+
+    ``start`` and ``end`` are when it was asked for and when it completed or
+    failed; ``ttfb`` and ``duration`` are None for a failure."""
 
     client: int
     model: str
     size: int
     start: float
+    end: float
     ttfb: float | None
     duration: float | None
     error: str

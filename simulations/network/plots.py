@@ -102,7 +102,7 @@ def _failures(result: SimResult, out: Path) -> Path:
     ok = [0] * minutes
     failed = [0] * minutes
     for t in result.transfers:
-        slot = min(minutes - 1, max(0, int(t.start // 60)))
+        slot = min(minutes - 1, max(0, int(t.end // 60)))
         if t.ok:
             ok[slot] += 1
         else:
@@ -130,9 +130,11 @@ def _failures(result: SimResult, out: Path) -> Path:
             ha="right",
             va="top",
         )
-    ax.set_title(f"Downloads by start minute\n{_subtitle(result)}", fontsize=10)
+    ax.set_title(
+        f"Downloads by the minute they ended\n{_subtitle(result)}", fontsize=10
+    )
     ax.set_xlabel("simulated time since clients started (min)")
-    ax.set_ylabel("downloads started in the minute")
+    ax.set_ylabel("downloads ended in the minute")
     ax.legend(loc="upper left")
     return _save(fig, out / "failures.png")
 

@@ -3,7 +3,7 @@
 Files in the output directory:
 
 * ``transfers.csv``: one row per download (client, model, size, start,
-  time to first byte, total time, error);
+  end, time to first byte, total time, error);
 * ``builds.csv``: one row per circuit build (client, when, seconds);
 * ``relays.csv``: per relay its country, exit or not, advertised bandwidth
   and the bytes it sent;
@@ -64,7 +64,7 @@ def summary(result: SimResult) -> dict[str, Any]:
     minutes = int(result.params.minutes + 0.999)
     per_minute = [{"minute": m, "ok": 0, "failed": 0} for m in range(minutes)]
     for t in result.transfers:
-        slot = per_minute[min(minutes - 1, max(0, int(t.start // 60)))]
+        slot = per_minute[min(minutes - 1, max(0, int(t.end // 60)))]
         slot["ok" if t.ok else "failed"] += 1
     return {
         "parameters": params,
@@ -107,7 +107,7 @@ def _round(value: float | None) -> float | str:
 
 
 def _times(t: Transfer) -> list[float | str]:
-    return [_round(t.start), _round(t.ttfb), _round(t.duration)]
+    return [_round(t.start), _round(t.end), _round(t.ttfb), _round(t.duration)]
 
 
 def write(result: SimResult, out: Path, *, plots: bool = True) -> list[Path]:
@@ -123,7 +123,16 @@ def write(result: SimResult, out: Path, *, plots: bool = True) -> list[Path]:
     written = [out / "transfers.csv", out / "builds.csv", out / "relays.csv"]
     _write_csv(
         written[0],
-        ["client", "model", "size_bytes", "start_s", "ttfb_s", "total_s", "error"],
+        [
+            "client",
+            "model",
+            "size_bytes",
+            "start_s",
+            "end_s",
+            "ttfb_s",
+            "total_s",
+            "error",
+        ],
         [[t.client, t.model, t.size, *_times(t), t.error] for t in result.transfers],
     )
     _write_csv(

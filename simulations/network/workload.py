@@ -152,10 +152,13 @@ async def client_loop(
                 ttfb, total = await download(client, host, size, started)
         except _FAILURES as exc:
             logger.debug("client %d: download failed: %r", number, exc)
-            record(Transfer(number, model, size, started - t0, None, None, _label(exc)))
+            end = trio.current_time() - t0
+            error = _label(exc)
+            record(Transfer(number, model, size, started - t0, end, None, None, error))
             await trio.sleep(1.0)  # as a person retrying, not a tight loop
         else:
-            record(Transfer(number, model, size, started - t0, ttfb, total, ""))
+            start = started - t0
+            record(Transfer(number, model, size, start, start + total, ttfb, total, ""))
         pause = rng.expovariate(1 / think_time) if model == "web" else bulk_pause
         await trio.sleep(pause)
 

@@ -351,16 +351,23 @@ def run(params: NetworkParams) -> SimResult:
             raise ConfigError(
                 f"no relay named {fault.relay}: relays are r0..r{params.relays - 1}"
             )
-    _seed_scheduler(params.seed)
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    return trio.run(_main, params, clock=clock)
+    with _seeded_scheduler(params.seed):
+        clock = trio.testing.MockClock(autojump_threshold=0)
+        return trio.run(_main, params, clock=clock)
 
 
-def _seed_scheduler(seed: int) -> None:
-    """Seed the generator trio's scheduler shuffles ready tasks with.
+@contextmanager
+def _seeded_scheduler(seed: int) -> Iterator[None]:
+    """Seed the generator trio's scheduler shuffles ready tasks with, for
+    this run only.
 
     trio keeps it in a private module attribute; without it two runs of one
     seed would order simultaneous events differently."""
     from trio._core import _run
 
+    state = _run._r.getstate()
     _run._r.seed(f"hopchain-sim-network-scheduler:{seed}")
+    try:
+        yield
+    finally:
+        _run._r.setstate(state)
