@@ -97,6 +97,14 @@ def _builds(result: SimResult, out: Path) -> Path:
     return _save(fig, out / "build_times.png")
 
 
+def _events_by_time(result: SimResult) -> list[tuple[float, str]]:
+    """Faults at one time share a line: "kill r3, kill r7"."""
+    grouped: dict[float, list[str]] = {}
+    for at, what in result.events:
+        grouped.setdefault(round(at, 3), []).append(what)
+    return [(at, ", ".join(whats)) for at, whats in sorted(grouped.items())]
+
+
 def _failures(result: SimResult, out: Path) -> Path:
     minutes = int(result.params.minutes + 0.999)
     ok = [0] * minutes
@@ -120,7 +128,7 @@ def _failures(result: SimResult, out: Path) -> Path:
         color="tab:red",
     )
     ax.set_ylim(0, max(1, *(a + b for a, b in zip(ok, failed, strict=True))) * 1.25)
-    for at, what in result.events:
+    for at, what in _events_by_time(result):
         ax.axvline(at / 60, color="black", linestyle="--", linewidth=1)
         ax.annotate(
             what,

@@ -226,20 +226,24 @@ class _World:
     def record(self, transfer: Transfer) -> None:
         self.result.transfers.append(transfer)
 
-    async def apply_fault(self, fault: Fault) -> None:
-        relay = self.relays[fault.relay]
-        await trio.sleep_until(self.t0 + 60 * fault.minute)
-        if fault.kind == "kill":
-            relay.scope.cancel()
-            self.net.kill(relay.host.address)
-        else:
-            self.net.set_up_rate(
-                relay.host.address, relay.node.config.bandwidth / fault.factor
+    async def apply_faults(self, faults: tuple[Fault, ...]) -> None:
+        """Apply each fault at its minute; faults of one minute in the order
+        given."""
+        for fault in sorted(faults, key=lambda f: f.minute):
+            await trio.sleep_until(self.t0 + 60 * fault.minute)
+            relay = self.relays[fault.relay]
+            if fault.kind == "kill":
+                relay.scope.cancel()
+                self.net.kill(relay.host.address)
+            else:
+                self.net.set_up_rate(
+                    relay.host.address, relay.node.config.bandwidth / fault.factor
+                )
+            self.result.events.append((trio.current_time() - self.t0, fault.describe()))
+            print(
+                f"sim network: minute {fault.minute:g}: {fault.describe()}",
+                file=sys.stderr,
             )
-        self.result.events.append((trio.current_time() - self.t0, fault.describe()))
-        print(
-            f"sim network: minute {fault.minute:g}: {fault.describe()}", file=sys.stderr
-        )
 
 
 async def _in_scope(
@@ -318,8 +322,7 @@ async def _main(params: NetworkParams) -> SimResult:
                     origins,
                     world.rng.uniform(0, params.ramp),
                 )
-            for fault in params.faults:
-                nursery.start_soon(world.apply_fault, fault)
+            nursery.start_soon(world.apply_faults, params.faults)
             nursery.start_soon(_progress, world, started_wall)
             await trio.sleep_until(world.t0 + 60 * params.minutes)
             with _quiet_nodes():  # the teardown's closed links are no finding
