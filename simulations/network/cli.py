@@ -11,6 +11,11 @@ from hopchain.simulations.network.params import Fault, NetworkParams, Workload
 __all__ = ["add_parser", "run"]
 
 _NODE_LOGGERS = ("hopchain.relay", "hopchain.client")
+# What the address plan of world.py has room for.
+MAX_RELAYS = 20_000
+MAX_CLIENTS = 30_000
+MAX_AUTHORITIES = 200
+MAX_ORIGINS = 200
 
 
 def _positive_int(text: str) -> int:
@@ -30,6 +35,16 @@ def _positive_float(text: str) -> float:
         value = 0.0
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number >= 0")
     return value
 
 
@@ -87,24 +102,28 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--relays",
+        metavar="N",
         type=_positive_int,
         default=defaults.relays,
         help=f"number of relays, named r0, r1, ... (default {defaults.relays})",
     )
     add(
         "--exits",
+        metavar="N",
         type=_positive_int,
         default=None,
         help="how many relays are exits (default: a quarter of them, at least 1)",
     )
     add(
         "--clients",
+        metavar="N",
         type=_positive_int,
         default=defaults.clients,
         help=f"number of clients (default {defaults.clients})",
     )
     add(
         "--authorities",
+        metavar="N",
         type=_positive_int,
         default=defaults.authorities,
         help="number of directory authorities; every relay publishes to all, "
@@ -112,6 +131,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--minutes",
+        metavar="M",
         type=_positive_float,
         default=defaults.minutes,
         help="simulated minutes of traffic, after the relays are up "
@@ -119,6 +139,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--seed",
+        metavar="S",
         type=int,
         default=defaults.seed,
         help="seed for every random choice; same seed, same run "
@@ -134,6 +155,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--bulk-fraction",
+        metavar="F",
         type=_fraction,
         default=defaults.bulk_fraction,
         help="share of bulk clients in the mixed workload "
@@ -141,6 +163,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--think-time",
+        metavar="SECONDS",
         type=_positive_float,
         default=defaults.think_time,
         help="mean think time of web clients between fetches, seconds, "
@@ -148,6 +171,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--bulk-pause",
+        metavar="SECONDS",
         type=_positive_float,
         default=defaults.bulk_pause,
         help="pause of bulk clients between downloads, seconds "
@@ -155,6 +179,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--origins",
+        metavar="N",
         type=_positive_int,
         default=defaults.origins,
         help="number of origin servers; each fetch picks one at random "
@@ -170,13 +195,15 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--latency-scale",
+        metavar="X",
         type=_positive_float,
         default=defaults.latency_scale,
         help="multiply every link latency by this (default 1)",
     )
     add(
         "--ramp",
-        type=float,
+        metavar="SECONDS",
+        type=_non_negative_float,
         default=defaults.ramp,
         help="clients start at random times over this many seconds "
         f"(default {defaults.ramp:g})",
@@ -200,6 +227,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
     )
     add(
         "--out",
+        metavar="DIR",
         type=Path,
         default=Path("sim-network"),
         help="output directory for CSV, JSON and PNG files (default ./sim-network)",
@@ -228,7 +256,7 @@ def params_from(args: argparse.Namespace) -> NetworkParams:
         bulk_pause=args.bulk_pause,
         origins=args.origins,
         hops=args.hops,
-        ramp=max(0.0, args.ramp),
+        ramp=args.ramp,
         faults=tuple(args.kill + args.slow),
     )
 
@@ -249,6 +277,14 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"need at least {params.hops} relays and at most --relays exits"
         )
+    for name, value, most in (
+        ("relays", params.relays, MAX_RELAYS),
+        ("clients", params.clients, MAX_CLIENTS),
+        ("authorities", params.authorities, MAX_AUTHORITIES),
+        ("origins", params.origins, MAX_ORIGINS),
+    ):
+        if value > most:
+            raise ConfigError(f"--{name} may be at most {most}")
     if not args.no_plots:
         report.check_plotting()
     if args.log_level != "debug":  # the nodes' own info lines would drown progress

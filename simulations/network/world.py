@@ -22,11 +22,11 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 import trio.testing
@@ -246,15 +246,19 @@ class _World:
             )
 
 
+class _Serve(Protocol):
+    def __call__(self, *, task_status: trio.TaskStatus[int]) -> Awaitable[None]: ...
+
+
 async def _in_scope(
     scope: trio.CancelScope,
-    serve: Callable[..., object],
+    serve: _Serve,
     *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``serve`` inside ``scope``, so that cancelling it kills the node."""
     with scope:
-        await serve(task_status=task_status)  # type: ignore[misc]
+        await serve(task_status=task_status)
 
 
 def _models(params: NetworkParams, rng: random.Random) -> list[str]:
