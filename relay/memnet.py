@@ -135,7 +135,6 @@ class MemoryStream(trio.abc.HalfCloseableStream):
         self._in = incoming
         self._owner = owner
         self._closed = False
-        self.peer: tuple[str, int] = ("", 0)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send data, returning when it has left this host's upstream."""
@@ -364,8 +363,6 @@ class MemoryHost:
         backward = _Pipe(target, back)
         client = MemoryStream(forward, backward, own)
         server = MemoryStream(backward, forward, target)
-        client.peer = (target.address, port)
-        server.peer = (own.address, 0)
         own.streams[client] = None
         target.streams[server] = None
         listener.deliver(server)

@@ -295,8 +295,8 @@ def run(args: argparse.Namespace) -> None:
     failed = sum(not t.ok for t in result.transfers)
     print(
         f"sim network: {len(result.transfers)} downloads, {failed} failed, "
-        f"{len(result.builds)} circuits built; {params.minutes:g} simulated "
-        f"minutes in {result.wall_seconds:.1f} s of wall time",
+        f"{len(result.builds)} circuits built; {params.minutes:g} simulated min "
+        f"in {result.wall_seconds:.1f} s of wall time",
         file=sys.stderr,
     )
     print(f"outputs in {args.out}:")
