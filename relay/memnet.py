@@ -18,9 +18,11 @@ virtual time passes exactly as the model says and no wall time is spent:
   bounds it).
 * **failures**: ``kill(address)`` is a crashed process on a live machine:
   its streams are reset at once (``BrokenResourceError`` at both ends) and
-  connects to it are refused (``ECONNREFUSED``).  ``revive`` brings the
-  address back.  Not modelled: TCP congestion control, loss, kernel buffers,
-  CPU time.
+  connects to it are refused (``ECONNREFUSED``).  ``vanish(address)`` is a
+  machine gone silent (power cut, partition): what is sent to it is lost,
+  its peers hear nothing, and connects to it hang until the caller's
+  timeout.  ``revive`` brings the address back.  Not modelled: TCP
+  congestion control, loss, kernel buffers, CPU time.
 
 Names resolve from a table given to ``add_name``; IP literals resolve to
 themselves.  Ports 0 get the next free port from 10000 up, deterministically.
@@ -46,8 +48,9 @@ LatencyModel = Callable[[str, str], float]
 class _Pipe:
     """One direction of a stream: chunks with their arrival times."""
 
-    def __init__(self, src: "_HostState", latency: float) -> None:
+    def __init__(self, src: "_HostState", dst: "_HostState", latency: float) -> None:
         self.src = src
+        self.dst = dst
         self.latency = latency
         self.chunks: deque[tuple[float, bytes]] = deque()
         self.last_arrival = 0.0
@@ -67,10 +70,11 @@ class _Pipe:
         done = max(now, host.up_free) + len(data) / host.up_rate
         host.up_free = done
         host.bytes_sent += len(data)
-        arrival = max(done + self.latency, self.last_arrival)
-        self.last_arrival = arrival
-        self.chunks.append((arrival, data))
-        self.wake()
+        if not self.dst.vanished:
+            arrival = max(done + self.latency, self.last_arrival)
+            self.last_arrival = arrival
+            self.chunks.append((arrival, data))
+            self.wake()
         if done > now:
             await trio.sleep_until(done)
         else:
@@ -165,13 +169,18 @@ class MemoryStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        """Close both directions; the peer's later sends are reset."""
+        """Close both directions; the peer's later sends are reset.
+
+        On a vanished host nothing reaches the peer (no FIN, no reset)."""
         if not self._closed:
             self._closed = True
+            self._owner.streams.pop(self, None)
+            if self._owner.vanished:
+                await trio.lowlevel.checkpoint()
+                return
             self._out.send_eof()
             self._in.reader_closed = True
             self._in.wake()
-            self._owner.streams.pop(self, None)
         await trio.lowlevel.checkpoint()
 
     def reset(self) -> None:
@@ -222,6 +231,7 @@ class _HostState:
         self.up_rate = up_rate
         self.up_free = 0.0
         self.alive = True
+        self.vanished = False
         self.listeners: dict[int, MemoryListener] = {}
         self.streams: dict[MemoryStream, None] = {}  # insertion order: deterministic
         self.next_port = FIRST_EPHEMERAL_PORT
@@ -267,9 +277,22 @@ class MemoryNetwork:
             stream.reset()
         state.streams.clear()
 
+    def vanish(self, address: str) -> None:
+        """Take the machine at ``address`` off the network without a trace:
+        what is sent to it is lost, its peers get no reset and no end of
+        stream, and connects to it are never answered (the caller's timeout
+        ends them), as after a power cut or a partition."""
+        state = self._state(address)
+        state.alive = False
+        state.vanished = True
+        state.listeners.clear()
+        state.streams.clear()
+
     def revive(self, address: str) -> None:
-        """Let a killed host open sockets and listen again."""
-        self._state(address).alive = True
+        """Let a killed or vanished host open sockets and listen again."""
+        state = self._state(address)
+        state.alive = True
+        state.vanished = False
 
     def bytes_sent(self, address: str) -> int:
         """Bytes the host has put on its upstream link so far."""
@@ -355,12 +378,14 @@ class MemoryHost:
         there = self.world.latency(own.address, target.address)
         back = self.world.latency(target.address, own.address)
         await trio.sleep(there)
+        if target.vanished:
+            await trio.sleep_forever()  # the SYN is lost; the caller times out
         listener = target.listeners.get(port) if target.alive else None
         if listener is None or not own.alive:
             await trio.sleep(back)
             raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused")
-        forward = _Pipe(own, there)
-        backward = _Pipe(target, back)
+        forward = _Pipe(own, target, there)
+        backward = _Pipe(target, own, back)
         client = MemoryStream(forward, backward, own)
         server = MemoryStream(backward, forward, target)
         own.streams[client] = None

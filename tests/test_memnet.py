@@ -169,3 +169,24 @@ async def test_wall_clock_follows_an_injected_clock(
             nursery.start_soon(child)
         assert seen == [pytest.approx(1000.0 + trio.current_time())]
     assert wall_clock() >= real
+
+
+async def test_vanished_host_loses_data_and_never_answers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    world, client, server = _pair()
+    listener, port = await _accept_one(server)
+    stream = await client.connect(server.address, port)
+    accepted = await listener.accept()
+    world.vanish(server.address)
+    await stream.send_all(b"into the void")  # leaves the client's upstream
+    await accepted.aclose()  # the vanished side's close sends nothing
+    with trio.move_on_after(30) as waited:
+        await stream.receive_some(10)
+    assert waited.cancelled_caught  # no data, no EOF, no reset
+    start = trio.current_time()
+    with trio.move_on_after(10) as connecting:
+        await client.connect(server.address, port)
+    assert connecting.cancelled_caught
+    assert trio.current_time() - start == pytest.approx(10)
+    assert world.bytes_sent(client.address) == len(b"into the void")

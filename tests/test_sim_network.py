@@ -73,6 +73,27 @@ def test_killing_relays_raises_failures_then_the_network_recovers() -> None:
     assert len(dead) == 2
 
 
+def test_a_vanished_relay_makes_streams_time_out() -> None:
+    params = NetworkParams(
+        relays=6,
+        clients=6,
+        minutes=3,
+        seed=2,
+        workload="web",
+        think_time=5.0,
+        faults=(Fault("vanish", "r1", 1.5), Fault("vanish", "r2", 1.5)),
+    )
+    result = run(params)
+    before = [t for t in result.transfers if t.end < 90]
+    after = [t for t in result.transfers if t.end >= 90]
+    assert len(before) > 50
+    assert all(t.ok for t in before)
+    # Nothing tells the neighbours: streams on circuits through the silent
+    # relays wait for their timeouts instead of failing at once.
+    assert sum(t.error in ("StreamError:TIMEOUT", "timeout") for t in after) > 5
+    assert [what for _, what in result.events] == ["vanish r1", "vanish r2"]
+
+
 def test_same_seed_same_run_other_seed_other_run() -> None:
     first = run(SMALL)
     again = run(SMALL)

@@ -58,7 +58,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _kill(text: str) -> Fault:
+def _at(text: str) -> tuple[str, float]:
     relay, _, minute = text.partition("@")
     try:
         at = float(minute)
@@ -66,7 +66,15 @@ def _kill(text: str) -> Fault:
         at = -1.0
     if not relay or not 0 <= at < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not RELAY@MINUTE, e.g. r3@4")
-    return Fault("kill", relay, at)
+    return relay, at
+
+
+def _kill(text: str) -> Fault:
+    return Fault("kill", *_at(text))
+
+
+def _vanish(text: str) -> Fault:
+    return Fault("vanish", *_at(text))
 
 
 def _slow(text: str) -> Fault:
@@ -218,6 +226,15 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
         "are reset and it stays down; repeatable",
     )
     add(
+        "--vanish",
+        type=_vanish,
+        action="append",
+        default=[],
+        metavar="RELAY@MINUTE",
+        help="take relay RELAY's machine off the network at MINUTE: no reset, "
+        "what is sent to it is lost, connects to it time out; repeatable",
+    )
+    add(
         "--slow",
         type=_slow,
         action="append",
@@ -257,7 +274,7 @@ def params_from(args: argparse.Namespace) -> NetworkParams:
         origins=args.origins,
         hops=args.hops,
         ramp=args.ramp,
-        faults=tuple(args.kill + args.slow),
+        faults=tuple(args.kill + args.vanish + args.slow),
     )
 
 

@@ -28,17 +28,18 @@ Workload = Literal["web", "bulk", "mixed"]
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A relay killed (its process crashes) or slowed at a given minute."""
+    """A relay killed (its process crashes), vanished (its machine goes
+    silent) or slowed at a given minute."""
 
-    kind: Literal["kill", "slow"]
+    kind: Literal["kill", "vanish", "slow"]
     relay: str
     minute: float
     factor: float = 1.0
 
     def describe(self) -> str:
         """A short label for plots and progress lines."""
-        if self.kind == "kill":
-            return f"kill {self.relay}"
+        if self.kind != "slow":
+            return f"{self.kind} {self.relay}"
         return f"slow {self.relay} x{self.factor:g}"
 
 

@@ -235,6 +235,9 @@ class _World:
             if fault.kind == "kill":
                 relay.scope.cancel()
                 self.net.kill(relay.host.address)
+            elif fault.kind == "vanish":
+                self.net.vanish(relay.host.address)
+                relay.scope.cancel()
             else:
                 self.net.set_up_rate(
                     relay.host.address, relay.node.config.bandwidth / fault.factor
