@@ -134,11 +134,15 @@ class _Pipe:
 class MemoryStream(trio.abc.HalfCloseableStream):
     """One end of an in-memory TCP-like connection."""
 
-    def __init__(self, outgoing: _Pipe, incoming: _Pipe, owner: "_HostState") -> None:
+    def __init__(
+        self, outgoing: _Pipe, incoming: _Pipe, owner: "_HostState", peer: str
+    ) -> None:
         self._out = outgoing
         self._in = incoming
         self._owner = owner
         self._closed = False
+        self.peer_address = peer
+        """The address of the other end (``relay.net.peer_address`` reads it)."""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send data, returning when it has left this host's upstream."""
@@ -386,8 +390,8 @@ class MemoryHost:
             raise ConnectionRefusedError(errno.ECONNREFUSED, "connection refused")
         forward = _Pipe(own, target, there)
         backward = _Pipe(target, own, back)
-        client = MemoryStream(forward, backward, own)
-        server = MemoryStream(backward, forward, target)
+        client = MemoryStream(forward, backward, own, target.address)
+        server = MemoryStream(backward, forward, target, own.address)
         own.streams[client] = None
         target.streams[server] = None
         listener.deliver(server)

@@ -5,6 +5,7 @@ object, so simulations can hand them in-memory links instead of TCP.  This
 module also holds the few I/O helpers every shell shares.
 """
 
+import errno
 import logging
 import struct
 from collections.abc import Callable, Iterator
@@ -111,6 +112,22 @@ def use_wall_clock(clock: Callable[[], float]) -> Iterator[None]:
         yield
     finally:
         _wall_clock.reset(token)
+
+
+def peer_address(stream: trio.abc.Stream) -> str:
+    """The address of a stream's other end: a TCP stream's peer, or the
+    ``peer_address`` of another kind (a MemoryStream).
+
+    Raises:
+        OSError: the socket is no longer connected, or the stream has no
+            address.
+    """
+    if isinstance(stream, trio.SocketStream):
+        return str(stream.socket.getpeername()[0])
+    address = getattr(stream, "peer_address", None)
+    if not isinstance(address, str):
+        raise OSError(errno.ENOTCONN, f"{type(stream).__name__} has no peer address")
+    return address
 
 
 def bound_port(listeners: list[trio.abc.Listener[trio.abc.HalfCloseableStream]]) -> int:

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 from hopchain.relay.memnet import MemoryHost, MemoryNetwork
-from hopchain.relay.net import bound_port, use_wall_clock, wall_clock
+from hopchain.relay.net import bound_port, peer_address, use_wall_clock, wall_clock
 
 LATENCY = 0.05
 
@@ -190,3 +190,16 @@ async def test_vanished_host_loses_data_and_never_answers(
     assert connecting.cancelled_caught
     assert trio.current_time() - start == pytest.approx(10)
     assert world.bytes_sent(client.address) == len(b"into the void")
+
+
+async def test_peer_address_of_memory_streams(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    _, client, server = _pair()
+    listener, port = await _accept_one(server)
+    stream = await client.connect(server.address, port)
+    accepted = await listener.accept()
+    assert peer_address(stream) == server.address
+    assert peer_address(accepted) == client.address
+    with pytest.raises(OSError, match="no peer address"):
+        peer_address(trio.testing.memory_stream_pair()[0])
