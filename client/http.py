@@ -135,7 +135,7 @@ class HttpListener:
         self._stats = stats
         self._pending = 0
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
         """Serve one app connection."""
         async with stream:
             if self._pending >= self._options.max_pending:
@@ -151,7 +151,9 @@ class HttpListener:
 class _AppConnection:
     """One app connection: its h11 reader and the upstream it keeps alive."""
 
-    def __init__(self, listener: HttpListener, app: trio.SocketStream) -> None:
+    def __init__(
+        self, listener: HttpListener, app: trio.abc.HalfCloseableStream
+    ) -> None:
         self._listener = listener
         self._manager = listener._manager
         self._options = listener._options
@@ -218,7 +220,7 @@ class _AppConnection:
 
     async def _receive(self) -> bytes:
         try:
-            return await self._app.receive_some(APP_CHUNK)
+            return bytes(await self._app.receive_some(APP_CHUNK))  # no copy of bytes
         except _BROKEN as exc:
             raise _AbortError from exc
 

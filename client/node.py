@@ -292,6 +292,10 @@ class ClientNode:
             ensure_private_dir(self.config.data_dir)
             cookie = write_cookie(cookie_path(self.config.control_path))
             control = await open_control_listener(self.config.control_path)
+        guards = GuardSet()
+        if self.config.data_dir is not None:  # no thread without files: under a
+            # virtual clock a thread lets time jump while it runs
+            guards = await trio.to_thread.run_sync(self._load_guards)
         async with trio.open_nursery() as nursery:
             manager = CircuitManager(
                 self.network,
@@ -302,8 +306,10 @@ class ClientNode:
                 rng=self.rng,
                 nursery=nursery,
                 countries=self.config.countries,
-                guards=await trio.to_thread.run_sync(self._load_guards),
-                on_guards_changed=self._save_guards,
+                guards=guards,
+                on_guards_changed=None
+                if self.config.data_dir is None
+                else self._save_guards,
                 geoip=self.config.geoip,
                 max_clean=self.config.predicted_circuits,
             )

@@ -27,7 +27,7 @@ from typing import Final
 import trio
 from hopchain.client.circuits import CircuitManager
 from hopchain.client.stats import ClientStats
-from hopchain.relay.net import RECEIVE_CHUNK
+from hopchain.relay.net import RECEIVE_CHUNK, peer_address
 from hopchain.relay.pump import splice
 
 from hopchain import socks4
@@ -89,7 +89,7 @@ class SocksListener:
         self._pending = 0
         self._warned_socks4_ip = False
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    async def handle(self, stream: trio.abc.HalfCloseableStream) -> None:
         """Serve one app connection."""
         async with stream:
             if self._pending >= self._options.max_pending:
@@ -155,7 +155,10 @@ class SocksListener:
         return None
 
     async def _connect(
-        self, stream: trio.SocketStream, session: _Session, request: ConnectRequest
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        session: _Session,
+        request: ConnectRequest,
     ) -> None:
         protocol = session.protocol
         if protocol == "socks4" and not request.by_name and not self._warned_socks4_ip:
@@ -205,7 +208,10 @@ class SocksListener:
             manager.release(handle, circuit_stream)
 
     async def _resolve(
-        self, stream: trio.SocketStream, protocol: str, request: ResolveRequest
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        protocol: str,
+        request: ResolveRequest,
     ) -> None:
         """Answer RESOLVE / RESOLVE_PTR with what an exit found, then close."""
         if not request.ptr and _is_ip_literal(request.query):
@@ -237,13 +243,15 @@ class SocksListener:
             await _send(stream, encode_resolved_reply(answers, ptr=request.ptr))
 
 
-def _peer(stream: trio.SocketStream) -> str:
-    """The app's address and port, for (scrubbed) logs."""
+def _peer(stream: trio.abc.HalfCloseableStream) -> str:
+    """The app's address (and port, over TCP), for (scrubbed) logs."""
     try:
-        host, port, *_ = stream.socket.getpeername()
+        if isinstance(stream, trio.SocketStream):
+            host, port, *_ = stream.socket.getpeername()
+            return f"{host}:{port}"
+        return peer_address(stream)
     except OSError:
         return "unknown"
-    return f"{host}:{port}"
 
 
 def _protocol(parser: Socks4Server | Socks5Server) -> str:

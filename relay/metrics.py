@@ -222,7 +222,7 @@ async def serve_metrics(
     logger.info("metrics on http://%s:%d/metrics", host, bound)
     limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
 
-    async def handle(stream: trio.SocketStream) -> None:
+    async def handle(stream: trio.abc.HalfCloseableStream) -> None:
         try:
             limiter.acquire_nowait()
         except trio.WouldBlock:

@@ -5,8 +5,12 @@ object, so simulations can hand them in-memory links instead of TCP.  This
 module also holds the few I/O helpers every shell shares.
 """
 
+import errno
 import logging
 import struct
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Final, Protocol
 
@@ -29,8 +33,11 @@ class Network(Protocol):
         """Open a stream to host:port (optionally from local_address)."""
         ...
 
-    async def listen(self, host: str, port: int) -> list[trio.SocketListener]:
-        """Listeners bound to host:port (port 0: any free port)."""
+    async def listen(
+        self, host: str, port: int
+    ) -> list[trio.abc.Listener[trio.abc.HalfCloseableStream]]:
+        """Listeners bound to host:port (port 0: any free port); each has a
+        bound port that ``bound_port`` reads."""
         ...
 
     async def resolve(self, host: str, port: int) -> list[str]:
@@ -59,9 +66,11 @@ class TcpNetwork:
         """Open a TCP connection, bound to ``local_address`` when given."""
         return await trio.open_tcp_stream(host, port, local_address=local_address)
 
-    async def listen(self, host: str, port: int) -> list[trio.SocketListener]:
+    async def listen(
+        self, host: str, port: int
+    ) -> list[trio.abc.Listener[trio.abc.HalfCloseableStream]]:
         """TCP listeners on host:port."""
-        return await trio.open_tcp_listeners(port, host=host)
+        return [*await trio.open_tcp_listeners(port, host=host)]
 
     async def resolve(self, host: str, port: int) -> list[str]:
         """Resolve with the system resolver, keeping its order."""
@@ -76,14 +85,61 @@ class TcpNetwork:
         return name
 
 
+_wall_clock: ContextVar[Callable[[], float] | None] = ContextVar(
+    "hopchain_wall_clock", default=None
+)
+
+
 def wall_clock() -> float:
-    """Seconds since the epoch, for signed documents' timestamps."""
-    return datetime.now(UTC).timestamp()
+    """Seconds since the epoch, for signed documents' timestamps.
+
+    The system clock, unless ``use_wall_clock`` put another in this context
+    (a simulation's virtual clock)."""
+    clock = _wall_clock.get()
+    return datetime.now(UTC).timestamp() if clock is None else clock()
 
 
-def bound_port(listeners: list[trio.SocketListener]) -> int:
-    """The port the first listener is bound to."""
-    port: int = listeners[0].socket.getsockname()[1]
+@contextmanager
+def use_wall_clock(clock: Callable[[], float]) -> Iterator[None]:
+    """Make ``wall_clock()`` read ``clock`` in this context and in every trio
+    task started from it (tasks copy their spawner's context).
+
+    Simulations pass ``lambda: EPOCH + trio.current_time()`` so that the
+    timestamps relays, authorities and clients sign and check follow the
+    virtual clock."""
+    token = _wall_clock.set(clock)
+    try:
+        yield
+    finally:
+        _wall_clock.reset(token)
+
+
+def peer_address(stream: trio.abc.Stream) -> str:
+    """The address of a stream's other end: a TCP stream's peer, or the
+    ``peer_address`` of another kind (a MemoryStream).
+
+    Raises:
+        OSError: the socket is no longer connected, or the stream has no
+            address.
+    """
+    if isinstance(stream, trio.SocketStream):
+        return str(stream.socket.getpeername()[0])
+    address = getattr(stream, "peer_address", None)
+    if not isinstance(address, str):
+        raise OSError(errno.ENOTCONN, f"{type(stream).__name__} has no peer address")
+    return address
+
+
+def bound_port(listeners: list[trio.abc.Listener[trio.abc.HalfCloseableStream]]) -> int:
+    """The port the first listener is bound to (a TCP listener's socket
+    port, or the ``port`` of another kind, such as a MemoryListener)."""
+    first = listeners[0]
+    if isinstance(first, trio.SocketListener):
+        tcp_port: int = first.socket.getsockname()[1]
+        return tcp_port
+    port = getattr(first, "port", None)
+    if not isinstance(port, int):
+        raise TypeError(f"{type(first).__name__} has no bound port")
     return port
 
 

@@ -29,7 +29,7 @@ from hopchain.relay.link import (
     respond,
 )
 from hopchain.relay.metrics import RelayCollector, serve_metrics
-from hopchain.relay.net import Network, bound_port, wall_clock
+from hopchain.relay.net import Network, bound_port, peer_address, wall_clock
 from hopchain.relay.pump import splice
 from hopchain.relay.stats import CountingStream, RelayStats
 from hopchain.relay.stream import CircuitStream, CreditSignal, forget_if_ended
@@ -237,7 +237,9 @@ class RelayNode:
             task_status.started(self.port)
 
     async def _listen(
-        self, listeners: list[trio.SocketListener], nursery: trio.Nursery
+        self,
+        listeners: list[trio.abc.Listener[trio.abc.HalfCloseableStream]],
+        nursery: trio.Nursery,
     ) -> None:
         # Links run in the node's nursery, so that closing the listeners
         # (shutdown) leaves the established links alone.
@@ -399,9 +401,9 @@ class RelayNode:
 
     # --- links -------------------------------------------------------------
 
-    async def _accept(self, stream: trio.SocketStream) -> None:
+    async def _accept(self, stream: trio.abc.HalfCloseableStream) -> None:
         try:
-            address = str(stream.socket.getpeername()[0])
+            address = peer_address(stream)
         except OSError:
             await stream.aclose()
             return  # gone already
@@ -413,7 +415,9 @@ class RelayNode:
         finally:
             self.limits.link_closed(address)
 
-    async def _serve_inbound(self, stream: trio.SocketStream, address: str) -> None:
+    async def _serve_inbound(
+        self, stream: trio.abc.HalfCloseableStream, address: str
+    ) -> None:
         try:
             link = await respond(
                 stream,

@@ -12,7 +12,11 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-STUDIES: list[Callable[[Any, argparse.ArgumentParser], None]] = []
+from hopchain.simulations.network import cli as network_cli
+
+STUDIES: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    network_cli.add_parser,
+]
 
 
 def _common_options() -> argparse.ArgumentParser:
