@@ -1,7 +1,10 @@
 """Path selection: a pure function of (consensus, constraints, rng).
 
-Each position is drawn with probability proportional to the relay's
-bandwidth among the relays eligible for it:
+Each position is drawn among the relays eligible for it with probability
+proportional to the relay's bandwidth times its position weight: Tor's
+bandwidth weights (``hopchain.weights``, computed once per consensus), which
+keep scarce guard and exit bandwidth for those positions.  When every
+eligible relay weighs 0, one is drawn uniformly, as Tor does.  Eligible are:
 
 * exit: Running, Exit flag, not BadExit, its policy accepts the target port (any exit
   when the port is None: a RESOLVE has no port), not in ``avoid_exits``;
@@ -26,6 +29,12 @@ from dataclasses import dataclass
 from hopchain.directory import Consensus, Descriptor, RouterStatus
 from hopchain.errors import PathSelectionError
 from hopchain.exitpolicy import normalise
+from hopchain.weights import (
+    BandwidthWeights,
+    Position,
+    consensus_weights,
+    position_weight,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +94,19 @@ def _usable_exit(status: RouterStatus, port: int | None) -> bool:
     return port is None or status.descriptor.allows_exit_to(port)
 
 
-def _weighted(candidates: Sequence[RouterStatus], rng: random.Random) -> RouterStatus:
-    weights = [max(1, r.descriptor.bandwidth) for r in candidates]
-    return rng.choices(candidates, weights=weights, k=1)[0]
+def _weighted(
+    candidates: Sequence[RouterStatus],
+    position: Position,
+    weights: BandwidthWeights,
+    rng: random.Random,
+) -> RouterStatus:
+    scaled = [
+        max(1, r.descriptor.bandwidth) * position_weight(r, position, weights)
+        for r in candidates
+    ]
+    if not any(scaled):
+        return rng.choice(candidates)
+    return rng.choices(candidates, weights=scaled, k=1)[0]
 
 
 def select_path(
@@ -125,7 +144,8 @@ def select_path(
         raise PathSelectionError(
             f"no running exit{where} accepts {wanted} ({len(running)} running relays)"
         )
-    chosen = [_weighted(exits, rng).descriptor]
+    weights = consensus_weights(consensus)
+    chosen = [_weighted(exits, Position.EXIT, weights, rng).descriptor]
 
     def free(pool: list[RouterStatus]) -> list[RouterStatus]:
         return [
@@ -148,15 +168,16 @@ def select_path(
         fresh = [
             r for r in pool if r.descriptor.identity not in constraints.avoid_guards
         ]
-        guard = (kept or _weighted(fresh or pool, rng)).descriptor
-        chosen.insert(0, guard)
+        guard = kept or _weighted(fresh or pool, Position.GUARD, weights, rng)
+        chosen.insert(0, guard.descriptor)
         for _ in range(constraints.hops - 2):
             pool = free(running)
             if not pool:
                 raise PathSelectionError(
                     f"not enough compatible relays for {constraints.hops} hops"
                 )
-            chosen.insert(-1, _weighted(pool, rng).descriptor)
+            middle = _weighted(pool, Position.MIDDLE, weights, rng)
+            chosen.insert(-1, middle.descriptor)
     return chosen
 
 
