@@ -21,20 +21,12 @@ scarcest position.  The rng is injected (``random.SystemRandom()`` in
 production, a seeded ``random.Random`` in tests and simulations).
 """
 
-import ipaddress
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hopchain.directory import Consensus, Descriptor, RouterStatus
+from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import PathSelectionError
-from hopchain.exitpolicy import normalise
-from hopchain.weights import (
-    BandwidthWeights,
-    Position,
-    consensus_weights,
-    position_weight,
-)
+from hopchain.pathpool import prepared, usable_exit
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,47 +64,13 @@ class PathConstraints:
         return country not in self.exclude_exit_countries
 
 
-def _subnet(address: str) -> str:
-    ip = normalise(address)
-    prefix = 16 if ip.version == 4 else 32
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
-
-def _conflicts(a: Descriptor, b: Descriptor, same_subnet_ok: bool) -> bool:
-    if a.identity == b.identity:
-        return True
-    if b.identity in a.family or a.identity in b.family:
-        return True
-    return not same_subnet_ok and _subnet(a.address) == _subnet(b.address)
-
-
-def _usable_exit(status: RouterStatus, port: int | None) -> bool:
-    """Exit flag, not BadExit, and the policy accepts ``port`` (``None``:
-    any exit will do)."""
-    if "Exit" not in status.flags or "BadExit" in status.flags:
-        return False
-    return port is None or status.descriptor.allows_exit_to(port)
-
-
-def _weighted(
-    candidates: Sequence[RouterStatus],
-    position: Position,
-    weights: BandwidthWeights,
-    rng: random.Random,
-) -> RouterStatus:
-    scaled = [
-        max(1, r.descriptor.bandwidth) * position_weight(r, position, weights)
-        for r in candidates
-    ]
-    if not any(scaled):
-        return rng.choice(candidates)
-    return rng.choices(candidates, weights=scaled, k=1)[0]
-
-
 def select_path(
     consensus: Consensus, constraints: PathConstraints, rng: random.Random
 ) -> list[Descriptor]:
     """Choose guard, middle(s) and exit, in circuit order.
+
+    The pools and weights come from ``hopchain.pathpool``, computed once per
+    consensus; each hop removes the relays that conflict with those chosen.
 
     Raises:
         PathSelectionError: no path satisfies the constraints; the message
@@ -120,65 +78,56 @@ def select_path(
     """
     if not 1 <= constraints.hops <= 8:
         raise ValueError(f"hops must be 1..8, not {constraints.hops}")
-    running = [
-        r
-        for r in consensus.relays
-        if "Running" in r.flags
-        and r.descriptor.country.upper() not in constraints.exclude_countries_anywhere
-    ]
+    net = prepared(consensus)
+    excluded = set(net.in_countries(constraints.exclude_countries_anywhere))
     port = constraints.port
-    exits = [
-        r
-        for r in running
-        if _usable_exit(r, port)
-        and constraints.allows_exit_country(r.descriptor.country)
-        and r.descriptor.identity not in constraints.avoid_exits
-    ]
-    if not exits:
+    exits = net.exits(port)
+    not_exit = excluded | set(net.with_identities(constraints.avoid_exits))
+    if constraints.exit_countries or constraints.exclude_exit_countries:
+        allows = constraints.allows_exit_country
+        not_exit.update(i for i in exits.members if not allows(net.running[i].country))
+    exit_index = exits.draw(exits.positions(not_exit), rng)
+    if exit_index is None:
         wanted = "any port" if port is None else f"port {port}"
         where = ""
         if constraints.exit_countries:
             where = " in " + ",".join(sorted(constraints.exit_countries))
         if constraints.exclude_exit_countries:
             where += " outside " + ",".join(sorted(constraints.exclude_exit_countries))
+        running = len(net.running) - len(excluded)
         raise PathSelectionError(
-            f"no running exit{where} accepts {wanted} ({len(running)} running relays)"
+            f"no running exit{where} accepts {wanted} ({running} running relays)"
         )
-    weights = consensus_weights(consensus)
-    chosen = [_weighted(exits, Position.EXIT, weights, rng).descriptor]
-
-    def free(pool: list[RouterStatus]) -> list[RouterStatus]:
-        return [
-            r
-            for r in pool
-            if not any(
-                _conflicts(r.descriptor, c, constraints.same_subnet_ok) for c in chosen
-            )
-        ]
-
+    chosen = [exit_index]
+    taken = excluded | set(net.conflicting(exit_index, constraints.same_subnet_ok))
     if constraints.hops > 1:
-        guards = [r for r in running if "Guard" in r.flags] or running
-        pool = free(guards)
-        if not pool:
+        guards = net.guards
+        if len(guards.positions(excluded)) == len(guards):
+            guards = net.any_as_guard  # no Guard relay: any running relay
+        removed = guards.positions(taken)
+        if len(removed) == len(guards):
             raise PathSelectionError("no guard is compatible with the chosen exit")
-        by_identity = {r.descriptor.identity: r for r in pool}
+        free = set(guards.members).difference(taken)
         kept = next(
-            (by_identity[i] for i in constraints.guards if i in by_identity), None
+            (i for i in net.with_identities(constraints.guards) if i in free), None
         )
-        fresh = [
-            r for r in pool if r.descriptor.identity not in constraints.avoid_guards
-        ]
-        guard = kept or _weighted(fresh or pool, Position.GUARD, weights, rng)
-        chosen.insert(0, guard.descriptor)
+        if kept is None:
+            fresh = guards.positions(
+                taken | set(net.with_identities(constraints.avoid_guards))
+            )
+            kept = guards.draw(fresh if len(fresh) < len(guards) else removed, rng)
+        assert kept is not None  # some guard is free
+        chosen.insert(0, kept)
+        taken.update(net.conflicting(kept, constraints.same_subnet_ok))
         for _ in range(constraints.hops - 2):
-            pool = free(running)
-            if not pool:
+            middle = net.middles.draw(net.middles.positions(taken), rng)
+            if middle is None:
                 raise PathSelectionError(
                     f"not enough compatible relays for {constraints.hops} hops"
                 )
-            middle = _weighted(pool, Position.MIDDLE, weights, rng)
-            chosen.insert(-1, middle.descriptor)
-    return chosen
+            chosen.insert(-1, middle)
+            taken.update(net.conflicting(middle, constraints.same_subnet_ok))
+    return [net.running[i].status.descriptor for i in chosen]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +173,7 @@ def exit_choice(consensus: Consensus, constraints: PathConstraints) -> ExitChoic
     exits = [
         r.descriptor
         for r in consensus.relays
-        if "Running" in r.flags and _usable_exit(r, constraints.port)
+        if "Running" in r.flags and usable_exit(r, constraints.port)
     ]
     matching = tuple(d for d in exits if constraints.allows_exit_country(d.country))
     total = sum(max(1, d.bandwidth) for d in exits)
