@@ -79,14 +79,13 @@ def select_path(
     if not 1 <= constraints.hops <= 8:
         raise ValueError(f"hops must be 1..8, not {constraints.hops}")
     net = prepared(consensus)
-    excluded = set(net.in_countries(constraints.exclude_countries_anywhere))
+    anywhere = constraints.exclude_countries_anywhere
     port = constraints.port
-    exits = net.exits(port)
-    not_exit = excluded | set(net.with_identities(constraints.avoid_exits))
-    if constraints.exit_countries or constraints.exclude_exit_countries:
-        allows = constraints.allows_exit_country
-        not_exit.update(i for i in exits.members if not allows(net.running[i].country))
-    exit_index = exits.draw(exits.positions(not_exit), rng)
+    exits = net.exits(
+        port, constraints.exit_countries, constraints.exclude_exit_countries | anywhere
+    )
+    avoid = exits.positions(net.with_identities(constraints.avoid_exits))
+    exit_index = exits.draw(avoid, rng)
     if exit_index is None:
         wanted = "any port" if port is None else f"port {port}"
         where = ""
@@ -94,33 +93,29 @@ def select_path(
             where = " in " + ",".join(sorted(constraints.exit_countries))
         if constraints.exclude_exit_countries:
             where += " outside " + ",".join(sorted(constraints.exclude_exit_countries))
-        running = len(net.running) - len(excluded)
+        running = len(net.middles(anywhere))
         raise PathSelectionError(
             f"no running exit{where} accepts {wanted} ({running} running relays)"
         )
     chosen = [exit_index]
-    taken = excluded | set(net.conflicting(exit_index, constraints.same_subnet_ok))
+    taken = set(net.conflicting(exit_index, constraints.same_subnet_ok))
     if constraints.hops > 1:
-        guards = net.guards
-        if len(guards.positions(excluded)) == len(guards):
-            guards = net.any_as_guard  # no Guard relay: any running relay
+        guards = net.guards(anywhere)
         removed = guards.positions(taken)
         if len(removed) == len(guards):
             raise PathSelectionError("no guard is compatible with the chosen exit")
-        free = set(guards.members).difference(taken)
-        kept = next(
-            (i for i in net.with_identities(constraints.guards) if i in free), None
-        )
+        preferred = net.with_identities(constraints.guards)
+        kept = next((i for i in preferred if i in guards and i not in taken), None)
         if kept is None:
-            fresh = guards.positions(
-                taken | set(net.with_identities(constraints.avoid_guards))
-            )
+            avoided = net.with_identities(constraints.avoid_guards)
+            fresh = guards.positions(taken.union(avoided))
             kept = guards.draw(fresh if len(fresh) < len(guards) else removed, rng)
         assert kept is not None  # some guard is free
         chosen.insert(0, kept)
         taken.update(net.conflicting(kept, constraints.same_subnet_ok))
+        middles = net.middles(anywhere)
         for _ in range(constraints.hops - 2):
-            middle = net.middles.draw(net.middles.positions(taken), rng)
+            middle = middles.draw(middles.positions(taken), rng)
             if middle is None:
                 raise PathSelectionError(
                     f"not enough compatible relays for {constraints.hops} hops"

@@ -21,7 +21,7 @@ import ipaddress
 import random
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Final
@@ -33,7 +33,7 @@ from hopchain.weights import Position, consensus_weights, position_weight
 __all__ = ["Pool", "Prepared", "prepared", "subnet", "usable_exit"]
 
 _CACHE_SIZE: Final = 4
-_PORT_POOLS: Final = 256
+_POOLS: Final = 32
 
 
 def subnet(address: str) -> str:
@@ -65,6 +65,9 @@ class Pool:
 
     def __len__(self) -> int:
         return len(self.members)
+
+    def __contains__(self, index: object) -> bool:
+        return index in self._position_of
 
     def positions(self, indexes: Iterable[int]) -> list[int]:
         """The sorted pool positions of those ``indexes`` that are members."""
@@ -124,10 +127,15 @@ class _Relay:
 
 
 class Prepared:
-    """Everything ``select_path`` needs from one consensus, computed once."""
+    """Everything ``select_path`` needs from one consensus, computed once.
+
+    The pools for a set of country constraints are built on first use and
+    kept (the last ``_POOLS`` of them), so the constraints of a client or a
+    simulation cost one pass over the relays, not one per path.
+    """
 
     def __init__(self, consensus: Consensus) -> None:
-        weights = consensus_weights(consensus)
+        self._weights = consensus_weights(consensus)
         self.running = [
             _Relay(
                 r,
@@ -142,50 +150,75 @@ class Prepared:
         self._by_identity: defaultdict[bytes, list[int]] = defaultdict(list)
         self._declaring: defaultdict[bytes, list[int]] = defaultdict(list)
         self._by_subnet: defaultdict[str, list[int]] = defaultdict(list)
-        self._by_country: defaultdict[str, list[int]] = defaultdict(list)
         for i, relay in enumerate(self.running):
             self._by_identity[relay.identity].append(i)
             self._by_subnet[relay.subnet].append(i)
-            self._by_country[relay.country].append(i)
             for member in relay.family:
                 self._declaring[member].append(i)
+        self._pools: dict[tuple[object, ...], Pool] = {}
 
-        def pool(members: list[int], position: Position) -> Pool:
-            return Pool(
-                members,
+    def _pool(
+        self,
+        key: tuple[object, ...],
+        position: Position,
+        members: Callable[[], Iterable[int]],
+    ) -> Pool:
+        pool = self._pools.get(key)
+        if pool is None:
+            chosen = list(members())
+            running, weights = self.running, self._weights
+            pool = Pool(
+                chosen,
                 [
-                    max(1, self.running[i].status.descriptor.bandwidth)
-                    * position_weight(self.running[i].status, position, weights)
-                    for i in members
+                    max(1, running[i].status.descriptor.bandwidth)
+                    * position_weight(running[i].status, position, weights)
+                    for i in chosen
                 ],
             )
-
-        self._pool = pool
-        everyone = list(range(len(self.running)))
-        self.middles = pool(everyone, Position.MIDDLE)
-        guards = [i for i in everyone if "Guard" in self.running[i].status.flags]
-        self.guards = pool(guards, Position.GUARD)
-        self.any_as_guard = pool(everyone, Position.GUARD)
-        self._exits: dict[int | None, Pool] = {}
-
-    def exits(self, port: int | None) -> Pool:
-        """The usable exits for ``port`` (None: any), weighted as exits."""
-        pool = self._exits.get(port)
-        if pool is None:
-            members = [
-                i
-                for i, relay in enumerate(self.running)
-                if usable_exit(relay.status, port)
-            ]
-            pool = self._pool(members, Position.EXIT)
-            if len(self._exits) >= _PORT_POOLS:
-                self._exits.clear()
-            self._exits[port] = pool
+            if len(self._pools) >= _POOLS:
+                self._pools.clear()
+            self._pools[key] = pool
         return pool
 
-    def in_countries(self, countries: Iterable[str]) -> list[int]:
-        """The relays listed in any of ``countries`` (upper-case)."""
-        return [i for c in countries for i in self._by_country.get(c, ())]
+    def middles(self, excluded: frozenset[str]) -> Pool:
+        """The Running relays outside the ``excluded`` countries, weighted
+        as middles."""
+        return self._pool(
+            ("middle", excluded),
+            Position.MIDDLE,
+            lambda: (
+                i for i, r in enumerate(self.running) if r.country not in excluded
+            ),
+        )
+
+    def guards(self, excluded: frozenset[str]) -> Pool:
+        """The Guard relays outside the ``excluded`` countries (every relay
+        there when none has Guard), weighted as guards."""
+
+        def members() -> list[int]:
+            allowed = self.middles(excluded).members
+            running = self.running
+            flagged = [i for i in allowed if "Guard" in running[i].status.flags]
+            return flagged or allowed
+
+        return self._pool(("guard", excluded), Position.GUARD, members)
+
+    def exits(
+        self, port: int | None, wanted: frozenset[str], unwanted: frozenset[str]
+    ) -> Pool:
+        """The usable exits for ``port`` (None: any) in ``wanted`` countries
+        (empty: any) and not in ``unwanted`` ones, weighted as exits."""
+        return self._pool(
+            ("exit", port, wanted, unwanted),
+            Position.EXIT,
+            lambda: (
+                i
+                for i, r in enumerate(self.running)
+                if usable_exit(r.status, port)
+                and (not wanted or r.country in wanted)
+                and r.country not in unwanted
+            ),
+        )
 
     def with_identities(self, identities: Iterable[bytes]) -> list[int]:
         """The relays with any of ``identities``."""
