@@ -348,6 +348,7 @@ def networks_with_countries(draw: st.DrawFn) -> Consensus:
     wanted=st.frozensets(st.sampled_from(COUNTRIES), max_size=2),
     excluded=st.frozensets(st.sampled_from(COUNTRIES), max_size=2),
     anywhere=st.frozensets(st.sampled_from(COUNTRIES), max_size=1),
+    same_subnet_ok=st.booleans(),
 )
 def test_prop_select_path_meets_the_country_rules(
     consensus: Consensus,
@@ -356,11 +357,12 @@ def test_prop_select_path_meets_the_country_rules(
     wanted: frozenset[str],
     excluded: frozenset[str],
     anywhere: frozenset[str],
+    same_subnet_ok: bool,
 ) -> None:
     constraints = PathConstraints(
         hops=hops,
         port=443,
-        same_subnet_ok=True,
+        same_subnet_ok=same_subnet_ok,
         exit_countries=wanted,
         exclude_exit_countries=excluded,
         exclude_countries_anywhere=anywhere,
@@ -412,16 +414,21 @@ def expected_position_probabilities(
         total = sum(weight(r, position) for r in pool)
         return [(r, weight(r, position) / total) for r in pool]
 
-    probs: dict[Position, dict[bytes, float]] = {p: Counter() for p in Position}
+    probs: dict[Position, dict[bytes, float]] = {p: {} for p in Position}
+
+    def add(position: Position, r: RouterStatus, p: float) -> None:
+        identity = r.descriptor.identity
+        probs[position][identity] = probs[position].get(identity, 0.0) + p
+
     exits = [r for r in relays if "Exit" in r.flags]
     for x, px in draw(exits, Position.EXIT):
-        probs[Position.EXIT][x.descriptor.identity] += px
+        add(Position.EXIT, x, px)
         guards = [r for r in relays if "Guard" in r.flags and r is not x]
         for g, pg in draw(guards, Position.GUARD):
-            probs[Position.GUARD][g.descriptor.identity] += px * pg
+            add(Position.GUARD, g, px * pg)
             middles = [r for r in relays if r is not x and r is not g]
             for m, pm in draw(middles, Position.MIDDLE):
-                probs[Position.MIDDLE][m.descriptor.identity] += px * pg * pm
+                add(Position.MIDDLE, m, px * pg * pm)
     return probs
 
 
@@ -616,7 +623,7 @@ def test_prop_select_path_chooses_what_the_direct_way_chooses(
         avoid_exits=frozenset(ident(n) for n in avoid_exits),
         avoid_guards=frozenset(ident(n) for n in avoid_guards),
     )
-    results = []
+    results: list[tuple[object, float]] = []
     for choose in (select_path, reference_select_path):
         rng = random.Random(seed)
         try:
