@@ -1,7 +1,10 @@
 """Path selection: a pure function of (consensus, constraints, rng).
 
-Each position is drawn with probability proportional to the relay's
-bandwidth among the relays eligible for it:
+Each position is drawn among the relays eligible for it with probability
+proportional to the relay's bandwidth times its position weight: Tor's
+bandwidth weights (``hopchain.weights``, computed once per consensus), which
+keep scarce guard and exit bandwidth for those positions.  When every
+eligible relay weighs 0, one is drawn uniformly, as Tor does.  Eligible are:
 
 * exit: Running, Exit flag, not BadExit, its policy accepts the target port (any exit
   when the port is None: a RESOLVE has no port), not in ``avoid_exits``;
@@ -18,14 +21,12 @@ scarcest position.  The rng is injected (``random.SystemRandom()`` in
 production, a seeded ``random.Random`` in tests and simulations).
 """
 
-import ipaddress
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hopchain.directory import Consensus, Descriptor, RouterStatus
+from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import PathSelectionError
-from hopchain.exitpolicy import normalise
+from hopchain.pathpool import prepared, usable_exit
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,37 +64,13 @@ class PathConstraints:
         return country not in self.exclude_exit_countries
 
 
-def _subnet(address: str) -> str:
-    ip = normalise(address)
-    prefix = 16 if ip.version == 4 else 32
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
-
-
-def _conflicts(a: Descriptor, b: Descriptor, same_subnet_ok: bool) -> bool:
-    if a.identity == b.identity:
-        return True
-    if b.identity in a.family or a.identity in b.family:
-        return True
-    return not same_subnet_ok and _subnet(a.address) == _subnet(b.address)
-
-
-def _usable_exit(status: RouterStatus, port: int | None) -> bool:
-    """Exit flag, not BadExit, and the policy accepts ``port`` (``None``:
-    any exit will do)."""
-    if "Exit" not in status.flags or "BadExit" in status.flags:
-        return False
-    return port is None or status.descriptor.allows_exit_to(port)
-
-
-def _weighted(candidates: Sequence[RouterStatus], rng: random.Random) -> RouterStatus:
-    weights = [max(1, r.descriptor.bandwidth) for r in candidates]
-    return rng.choices(candidates, weights=weights, k=1)[0]
-
-
 def select_path(
     consensus: Consensus, constraints: PathConstraints, rng: random.Random
 ) -> list[Descriptor]:
     """Choose guard, middle(s) and exit, in circuit order.
+
+    The pools and weights come from ``hopchain.pathpool``, computed once per
+    consensus; each hop removes the relays that conflict with those chosen.
 
     Raises:
         PathSelectionError: no path satisfies the constraints; the message
@@ -101,63 +78,51 @@ def select_path(
     """
     if not 1 <= constraints.hops <= 8:
         raise ValueError(f"hops must be 1..8, not {constraints.hops}")
-    running = [
-        r
-        for r in consensus.relays
-        if "Running" in r.flags
-        and r.descriptor.country.upper() not in constraints.exclude_countries_anywhere
-    ]
+    net = prepared(consensus)
+    anywhere = constraints.exclude_countries_anywhere
     port = constraints.port
-    exits = [
-        r
-        for r in running
-        if _usable_exit(r, port)
-        and constraints.allows_exit_country(r.descriptor.country)
-        and r.descriptor.identity not in constraints.avoid_exits
-    ]
-    if not exits:
+    exits = net.exits(
+        port, constraints.exit_countries, constraints.exclude_exit_countries | anywhere
+    )
+    avoid = exits.positions(net.with_identities(constraints.avoid_exits))
+    exit_index = exits.draw(avoid, rng)
+    if exit_index is None:
         wanted = "any port" if port is None else f"port {port}"
         where = ""
         if constraints.exit_countries:
             where = " in " + ",".join(sorted(constraints.exit_countries))
         if constraints.exclude_exit_countries:
             where += " outside " + ",".join(sorted(constraints.exclude_exit_countries))
+        running = len(net.middles(anywhere))
         raise PathSelectionError(
-            f"no running exit{where} accepts {wanted} ({len(running)} running relays)"
+            f"no running exit{where} accepts {wanted} ({running} running relays)"
         )
-    chosen = [_weighted(exits, rng).descriptor]
-
-    def free(pool: list[RouterStatus]) -> list[RouterStatus]:
-        return [
-            r
-            for r in pool
-            if not any(
-                _conflicts(r.descriptor, c, constraints.same_subnet_ok) for c in chosen
-            )
-        ]
-
+    chosen = [exit_index]
+    taken = set(net.conflicting(exit_index, constraints.same_subnet_ok))
     if constraints.hops > 1:
-        guards = [r for r in running if "Guard" in r.flags] or running
-        pool = free(guards)
-        if not pool:
+        guards = net.guards(anywhere)
+        removed = guards.positions(taken)
+        if len(removed) == len(guards):
             raise PathSelectionError("no guard is compatible with the chosen exit")
-        by_identity = {r.descriptor.identity: r for r in pool}
-        kept = next(
-            (by_identity[i] for i in constraints.guards if i in by_identity), None
-        )
-        fresh = [
-            r for r in pool if r.descriptor.identity not in constraints.avoid_guards
-        ]
-        guard = (kept or _weighted(fresh or pool, rng)).descriptor
-        chosen.insert(0, guard)
+        preferred = net.with_identities(constraints.guards)
+        kept = next((i for i in preferred if i in guards and i not in taken), None)
+        if kept is None:
+            avoided = net.with_identities(constraints.avoid_guards)
+            fresh = guards.positions(taken.union(avoided))
+            kept = guards.draw(fresh if len(fresh) < len(guards) else removed, rng)
+        assert kept is not None  # some guard is free
+        chosen.insert(0, kept)
+        taken.update(net.conflicting(kept, constraints.same_subnet_ok))
+        middles = net.middles(anywhere)
         for _ in range(constraints.hops - 2):
-            pool = free(running)
-            if not pool:
+            middle = middles.draw(middles.positions(taken), rng)
+            if middle is None:
                 raise PathSelectionError(
                     f"not enough compatible relays for {constraints.hops} hops"
                 )
-            chosen.insert(-1, _weighted(pool, rng).descriptor)
-    return chosen
+            chosen.insert(-1, middle)
+            taken.update(net.conflicting(middle, constraints.same_subnet_ok))
+    return [net.running[i].status.descriptor for i in chosen]
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +168,7 @@ def exit_choice(consensus: Consensus, constraints: PathConstraints) -> ExitChoic
     exits = [
         r.descriptor
         for r in consensus.relays
-        if "Running" in r.flags and _usable_exit(r, constraints.port)
+        if "Running" in r.flags and usable_exit(r, constraints.port)
     ]
     matching = tuple(d for d in exits if constraints.allows_exit_country(d.country))
     total = sum(max(1, d.bandwidth) for d in exits)
