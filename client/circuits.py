@@ -47,6 +47,7 @@ from hopchain.messages import (
     Truncated,
 )
 from hopchain.path import CountryRules, PathConstraints, select_path
+from hopchain.reuse import is_dirty, may_carry
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -201,8 +202,7 @@ class CircuitManager:
         for handle in sorted(self._circuits.values(), key=lambda h: -h.built_at):
             if (
                 handle.is_open
-                and now - handle.built_at < self._dirtiness
-                and (port is None or handle.exit.allows_exit_to(port))
+                and may_carry(handle.exit, handle.built_at, port, now, self._dirtiness)
                 and handle.isolation in (None, isolation)
                 and handle.epoch == self.epoch
                 and self._exit_fits(handle, constraints, isolation)
@@ -368,7 +368,8 @@ class CircuitManager:
         """Destroy idle circuits that are past the dirtiness period or NEWNYM."""
         for handle in list(self._circuits.values()):
             stale = (
-                now - handle.built_at >= self._dirtiness or handle.epoch != self.epoch
+                is_dirty(handle.built_at, now, self._dirtiness)
+                or handle.epoch != self.epoch
             )
             if handle.is_open and stale and not handle.streams and not handle.waiting:
                 self._destroy(handle)

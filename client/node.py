@@ -29,6 +29,7 @@ from hopchain.directory import CLOCK_SKEW, Consensus, verify_consensus
 from hopchain.errors import CircuitError, DirectoryError, PathSelectionError
 from hopchain.guards import GuardSet
 from hopchain.path import CountryRules, PathConstraints, exit_choice, select_path
+from hopchain.reuse import DIRTINESS
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class ClientConfig:
     socks_port: int | None = 9050
     hops: int = 3
     test_network: bool = False
-    dirtiness: float = 600.0
+    dirtiness: float = DIRTINESS
     bootstrap_timeout: float = 120.0
     warm_port: int = 80
     socks: SocksOptions = field(default_factory=SocksOptions)

@@ -15,16 +15,35 @@ No relay appears twice, no two relays share a declared family, and, unless
 /16 or IPv6 /32.  The exit is chosen first, as Tor does, because it is the
 scarcest position.  The rng is injected (``random.SystemRandom()`` in
 production, a seeded ``random.Random`` in tests and simulations).
+
+Speed: ``PathIndex`` prepares one consensus: its candidate lists and their
+cumulative bandwidth weights are built on first use and kept, and
+``select_path`` keeps the indexes of the last few consensus objects (keyed
+by object identity).  A guard or middle, which must be compatible with the
+relays already chosen, is drawn from its whole list and drawn again on a
+conflict (``REDRAWS`` times, then from the exact list of compatible relays):
+the same distribution as a draw among the compatible relays, without
+building that list each time.  The client and the simulations
+(``hopchain sim paths``) call this same ``select_path``.
 """
 
+import functools
 import ipaddress
 import random
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
+from typing import Final
 
 from hopchain.directory import Consensus, Descriptor, RouterStatus
 from hopchain.errors import PathSelectionError
 from hopchain.exitpolicy import normalise
+
+REDRAWS: Final = 8
+_CACHED_INDEXES: Final = 4
+_CACHED_POOLS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +75,7 @@ class PathConstraints:
         return country not in self.exclude_exit_countries
 
 
+@functools.lru_cache(maxsize=65536)
 def _subnet(address: str) -> str:
     ip = normalise(address)
     prefix = 16 if ip.version == 4 else 32
@@ -78,9 +98,193 @@ def _usable_exit(status: RouterStatus, port: int | None) -> bool:
     return port is None or status.descriptor.allows_exit_to(port)
 
 
-def _weighted(candidates: Sequence[RouterStatus], rng: random.Random) -> RouterStatus:
-    weights = [max(1, r.descriptor.bandwidth) for r in candidates]
-    return rng.choices(candidates, weights=weights, k=1)[0]
+class _Pool:
+    """The candidates for one position and their cumulative weights."""
+
+    __slots__ = ("_members", "candidates", "cumulative")
+
+    def __init__(self, candidates: list[Descriptor]) -> None:
+        self.candidates = candidates
+        self.cumulative = list(accumulate(max(1, d.bandwidth) for d in candidates))
+        self._members: dict[bytes, Descriptor] | None = None
+
+    def member(self, identity: bytes) -> Descriptor | None:
+        """The candidate with this identity, if there is one."""
+        if self._members is None:
+            self._members = {d.identity: d for d in self.candidates}
+        return self._members.get(identity)
+
+    def draw(self, rng: random.Random) -> Descriptor:
+        """One candidate, weighted by bandwidth."""
+        return rng.choices(self.candidates, cum_weights=self.cumulative, k=1)[0]
+
+    def draw_compatible(
+        self, chosen: list[Descriptor], same_subnet_ok: bool, rng: random.Random
+    ) -> Descriptor | None:
+        """A weighted draw among the candidates compatible with ``chosen``
+        (None: there are none)."""
+        if not self.candidates:
+            return None
+        taken = _Taken(chosen, same_subnet_ok)
+        for _ in range(REDRAWS):
+            pick = self.draw(rng)
+            if not taken.conflicts(pick):
+                return pick
+        free = _Pool([d for d in self.candidates if not taken.conflicts(d)])
+        return free.draw(rng) if free.candidates else None
+
+
+class _Taken:
+    """The relays already in a path, for quick conflict checks (the same
+    rule as ``_conflicts``)."""
+
+    __slots__ = ("families", "identities", "subnets")
+
+    def __init__(self, chosen: list[Descriptor], same_subnet_ok: bool) -> None:
+        self.identities = {d.identity for d in chosen}
+        self.families = {f for d in chosen for f in d.family}
+        self.subnets = None if same_subnet_ok else {_subnet(d.address) for d in chosen}
+
+    def conflicts(self, d: Descriptor) -> bool:
+        if d.identity in self.identities or d.identity in self.families:
+            return True
+        if any(f in self.identities for f in d.family):
+            return True
+        return self.subnets is not None and _subnet(d.address) in self.subnets
+
+
+class PathIndex:
+    """One consensus, prepared for path selection (see the module docstring)."""
+
+    def __init__(self, consensus: Consensus) -> None:
+        self.consensus = consensus
+        self._running = [r for r in consensus.relays if "Running" in r.flags]
+        self._pools: dict[tuple[object, ...], _Pool] = {}
+
+    def _cached(
+        self, key: tuple[object, ...], statuses: Iterable[RouterStatus]
+    ) -> _Pool:
+        if len(self._pools) >= _CACHED_POOLS:
+            self._pools.clear()
+        pool = self._pools[key] = _Pool([r.descriptor for r in statuses])
+        return pool
+
+    def _running_in(self, exclude_anywhere: frozenset[str]) -> list[RouterStatus]:
+        if not exclude_anywhere:
+            return self._running
+        return [
+            r
+            for r in self._running
+            if r.descriptor.country.upper() not in exclude_anywhere
+        ]
+
+    def running(self, exclude_anywhere: frozenset[str]) -> _Pool:
+        """Running relays outside the excluded countries."""
+        key = ("running", exclude_anywhere)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._cached(key, self._running_in(exclude_anywhere))
+        return pool
+
+    def guards(self, exclude_anywhere: frozenset[str]) -> _Pool:
+        """Guard-flagged running relays (all running ones when none is)."""
+        key = ("guards", exclude_anywhere)
+        pool = self._pools.get(key)
+        if pool is None:
+            running = self._running_in(exclude_anywhere)
+            flagged = [r for r in running if "Guard" in r.flags]
+            pool = self._cached(key, flagged or running)
+        return pool
+
+    def exits(self, constraints: PathConstraints) -> _Pool:
+        """Usable exits for the constraints' port and countries."""
+        key = (
+            "exits",
+            constraints.port,
+            constraints.exit_countries,
+            constraints.exclude_exit_countries,
+            constraints.exclude_countries_anywhere,
+        )
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._cached(
+                key,
+                (
+                    r
+                    for r in self._running_in(constraints.exclude_countries_anywhere)
+                    if _usable_exit(r, constraints.port)
+                    and constraints.allows_exit_country(r.descriptor.country)
+                ),
+            )
+        return pool
+
+    def select(
+        self, constraints: PathConstraints, rng: random.Random
+    ) -> list[Descriptor]:
+        """See ``select_path``."""
+        if not 1 <= constraints.hops <= 8:
+            raise ValueError(f"hops must be 1..8, not {constraints.hops}")
+        anywhere = constraints.exclude_countries_anywhere
+        exits = self.exits(constraints)
+        if not exits.candidates:
+            port = constraints.port
+            wanted = "any port" if port is None else f"port {port}"
+            where = ""
+            if constraints.exit_countries:
+                where = " in " + ",".join(sorted(constraints.exit_countries))
+            if constraints.exclude_exit_countries:
+                where += " outside " + ",".join(
+                    sorted(constraints.exclude_exit_countries)
+                )
+            running = len(self._running_in(anywhere))
+            raise PathSelectionError(
+                f"no running exit{where} accepts {wanted} ({running} running relays)"
+            )
+        chosen = [exits.draw(rng)]
+        if constraints.hops > 1:
+            ok = constraints.same_subnet_ok
+            guards = self.guards(anywhere)
+            kept = None
+            for identity in constraints.guards:
+                candidate = guards.member(identity)
+                if candidate is not None and not any(
+                    _conflicts(candidate, c, ok) for c in chosen
+                ):
+                    kept = candidate
+                    break
+            guard = kept or guards.draw_compatible(chosen, ok, rng)
+            if guard is None:
+                raise PathSelectionError("no guard is compatible with the chosen exit")
+            chosen.insert(0, guard)
+            running = self.running(anywhere)
+            for _ in range(constraints.hops - 2):
+                middle = running.draw_compatible(chosen, ok, rng)
+                if middle is None:
+                    raise PathSelectionError(
+                        f"not enough compatible relays for {constraints.hops} hops"
+                    )
+                chosen.insert(-1, middle)
+        return chosen
+
+
+_indexes: OrderedDict[int, PathIndex] = OrderedDict()
+_indexes_lock = threading.Lock()
+
+
+def path_index(consensus: Consensus) -> PathIndex:
+    """The index of ``consensus``, built on first use and kept for the last
+    few consensus objects (thread-safe: simulations may run in threads)."""
+    with _indexes_lock:
+        index = _indexes.get(id(consensus))
+        if index is not None and index.consensus is consensus:
+            _indexes.move_to_end(id(consensus))
+            return index
+    index = PathIndex(consensus)
+    with _indexes_lock:
+        _indexes[id(consensus)] = index
+        while len(_indexes) > _CACHED_INDEXES:
+            _indexes.popitem(last=False)
+    return index
 
 
 def select_path(
@@ -92,61 +296,7 @@ def select_path(
         PathSelectionError: no path satisfies the constraints; the message
             says which position could not be filled.
     """
-    if not 1 <= constraints.hops <= 8:
-        raise ValueError(f"hops must be 1..8, not {constraints.hops}")
-    running = [
-        r
-        for r in consensus.relays
-        if "Running" in r.flags
-        and r.descriptor.country.upper() not in constraints.exclude_countries_anywhere
-    ]
-    port = constraints.port
-    exits = [
-        r
-        for r in running
-        if _usable_exit(r, port)
-        and constraints.allows_exit_country(r.descriptor.country)
-    ]
-    if not exits:
-        wanted = "any port" if port is None else f"port {port}"
-        where = ""
-        if constraints.exit_countries:
-            where = " in " + ",".join(sorted(constraints.exit_countries))
-        if constraints.exclude_exit_countries:
-            where += " outside " + ",".join(sorted(constraints.exclude_exit_countries))
-        raise PathSelectionError(
-            f"no running exit{where} accepts {wanted} ({len(running)} running relays)"
-        )
-    chosen = [_weighted(exits, rng).descriptor]
-
-    def free(pool: list[RouterStatus]) -> list[RouterStatus]:
-        return [
-            r
-            for r in pool
-            if not any(
-                _conflicts(r.descriptor, c, constraints.same_subnet_ok) for c in chosen
-            )
-        ]
-
-    if constraints.hops > 1:
-        guards = [r for r in running if "Guard" in r.flags] or running
-        pool = free(guards)
-        if not pool:
-            raise PathSelectionError("no guard is compatible with the chosen exit")
-        by_identity = {r.descriptor.identity: r for r in pool}
-        kept = next(
-            (by_identity[i] for i in constraints.guards if i in by_identity), None
-        )
-        guard = (kept or _weighted(pool, rng)).descriptor
-        chosen.insert(0, guard)
-        for _ in range(constraints.hops - 2):
-            pool = free(running)
-            if not pool:
-                raise PathSelectionError(
-                    f"not enough compatible relays for {constraints.hops} hops"
-                )
-            chosen.insert(-1, _weighted(pool, rng).descriptor)
-    return chosen
+    return path_index(consensus).select(constraints, rng)
 
 
 @dataclass(frozen=True, slots=True)
