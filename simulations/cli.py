@@ -12,7 +12,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-STUDIES: list[Callable[[Any, argparse.ArgumentParser], None]] = []
+from hopchain.simulations.paths.command import add_parser as add_paths_parser
+
+STUDIES: list[Callable[[Any, argparse.ArgumentParser], None]] = [add_paths_parser]
 
 
 def _common_options() -> argparse.ArgumentParser:

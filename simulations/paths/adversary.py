@@ -20,9 +20,10 @@ adversary (with one hop, that one relay), as in TorPS.
 from dataclasses import dataclass, replace
 from typing import Final
 
+from hopchain.simulations.paths.synthetic import identity_for
+
 from hopchain.directory import Consensus, Descriptor, RouterStatus
 from hopchain.errors import ConfigError
-from hopchain.simulations.paths.synthetic import identity_for
 
 ALL_PORTS: Final = ((1, 65535),)
 GUARD_FLAGS: Final = frozenset({"Running", "Valid", "Fast", "Stable", "Guard"})
@@ -64,7 +65,9 @@ def _share_needed(fraction: float, total: int) -> int:
 
 def _added_relays(spec: AdversarySpec, first: Consensus) -> tuple[RouterStatus, ...]:
     running = [r for r in first.relays if "Running" in r.flags]
-    guard_total = sum(max(1, r.descriptor.bandwidth) for r in running if "Guard" in r.flags)
+    guard_total = sum(
+        max(1, r.descriptor.bandwidth) for r in running if "Guard" in r.flags
+    )
     exit_total = sum(
         max(1, r.descriptor.bandwidth)
         for r in running
@@ -73,7 +76,14 @@ def _added_relays(spec: AdversarySpec, first: Consensus) -> tuple[RouterStatus, 
     added = []
     for kind, fraction, count, total, flags, ports in (
         ("guard", spec.guard_fraction, spec.guard_relays, guard_total, GUARD_FLAGS, ()),
-        ("exit", spec.exit_fraction, spec.exit_relays, exit_total, EXIT_FLAGS, ALL_PORTS),
+        (
+            "exit",
+            spec.exit_fraction,
+            spec.exit_relays,
+            exit_total,
+            EXIT_FLAGS,
+            ALL_PORTS,
+        ),
     ):
         if fraction <= 0.0:
             continue
@@ -120,8 +130,7 @@ class Adversary:
             _named(r.descriptor, name) for r in first.relays for name in spec.families
         ):
             raise ConfigError(
-                "no relay in the first consensus is named "
-                + ", ".join(spec.families)
+                "no relay in the first consensus is named " + ", ".join(spec.families)
             )
 
     def apply(self, consensus: Consensus) -> tuple[Consensus, frozenset[bytes]]:
@@ -131,7 +140,7 @@ class Adversary:
             return self._last[1], self._last[2]
         members = set(self._added_ids)
         countries = {c.upper() for c in self.spec.countries}
-        for status in consensus.relays:
+        for status in consensus.relays if countries or self.spec.families else ():
             d = status.descriptor
             if d.country.upper() in countries:
                 members.add(d.identity)

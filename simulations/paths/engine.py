@@ -21,11 +21,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final
 
-from hopchain.directory import Consensus, Descriptor
-from hopchain.errors import PathSelectionError
-from hopchain.guards import MAX_GUARDS, GuardSet
-from hopchain.path import PathConstraints, select_path
-from hopchain.reuse import DIRTINESS, is_dirty, may_carry
 from hopchain.simulations.paths.adversary import (
     Adversary,
     AdversarySpec,
@@ -34,6 +29,12 @@ from hopchain.simulations.paths.adversary import (
 from hopchain.simulations.paths.networks import NetworkSpec, open_schedule, period_count
 from hopchain.simulations.paths.synthetic import DAY
 from hopchain.simulations.paths.users import MODELS, Visit
+
+from hopchain.directory import Consensus, Descriptor
+from hopchain.errors import PathSelectionError
+from hopchain.guards import MAX_GUARDS, GuardSet
+from hopchain.path import PathConstraints, select_path
+from hopchain.reuse import DIRTINESS, is_dirty, may_carry
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ class StudyParams:
     expires.
     """
 
-    network: NetworkSpec = NetworkSpec()
-    adversary: AdversarySpec = AdversarySpec()
+    network: NetworkSpec = field(default_factory=NetworkSpec)
+    adversary: AdversarySpec = field(default_factory=AdversarySpec)
     model: str = "typical"
     users: int = 1000
     days: float = 30.0
@@ -120,7 +121,9 @@ class _User:
         self.circuits_built = self.circuits_compromised = 0
         self.exit_streams: Counter[str] = Counter()
 
-    def advance(self, until: float, consensus: Consensus, members: frozenset[bytes]) -> None:
+    def advance(
+        self, until: float, consensus: Consensus, members: frozenset[bytes]
+    ) -> None:
         """Run every visit before ``until`` on ``consensus``."""
         while True:
             if self.next_visit == len(self.visits):
@@ -139,10 +142,12 @@ class _User:
     def _circuit_for(self, now: float, port: int) -> _Circuit | None:
         """The newest circuit that may carry the stream (the client's rule)."""
         dirtiness = self.params.dirtiness
-        self.circuits = [
-            c for c in self.circuits if not is_dirty(c.built_at, now, dirtiness)
-        ]
-        for circuit in reversed(self.circuits):
+        circuits = self.circuits
+        for i in range(len(circuits) - 1, -1, -1):
+            circuit = circuits[i]
+            if is_dirty(circuit.built_at, now, dirtiness):
+                del circuits[: i + 1]  # built in order: the older ones are too
+                return None
             if may_carry(circuit.exit, circuit.built_at, port, now, dirtiness):
                 return circuit
         return None
@@ -159,7 +164,9 @@ class _User:
         )
         path = select_path(consensus, constraints, self.paths)
         if params.hops > 1:
-            self.guards = self.guards.after_use(path[0].identity, guard_clock, self.paths)
+            self.guards = self.guards.after_use(
+                path[0].identity, guard_clock, self.paths
+            )
         compromised = path[0].identity in members and path[-1].identity in members
         circuit = _Circuit(now, path[-1], compromised)
         self.circuits.append(circuit)

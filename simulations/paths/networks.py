@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Final, Protocol
 
 import msgpack
-
-from hopchain.directory import Consensus, verify_consensus
-from hopchain.errors import ConfigError, DirectoryError
-from hopchain.geoip import GeoIPDatabase
 from hopchain.simulations.paths.synthetic import (
     HOUR,
     SyntheticSchedule,
     generate_relays,
 )
 from hopchain.simulations.paths.torformat import parse_consensus
+
+from hopchain.directory import Consensus, verify_consensus
+from hopchain.errors import ConfigError, DirectoryError
+from hopchain.geoip import GeoIPDatabase
 
 KINDS: Final = ("synthetic", "hopchain", "tor")
 
@@ -47,7 +47,8 @@ class NetworkSpec:
     def describe(self) -> str:
         """One line for logs and the JSON summary."""
         if self.kind == "synthetic":
-            return f"synthetic, {self.relays} relays, new consensus every {self.period / HOUR:g} h"
+            hours = self.period / HOUR
+            return f"synthetic, {self.relays} relays, a consensus every {hours:g} h"
         return f"{self.kind} consensus files: {', '.join(self.files)}"
 
 
@@ -121,11 +122,17 @@ def load_tor_consensuses(spec: NetworkSpec) -> list[Consensus]:
     paths: list[Path] = []
     for name in spec.files:
         path = Path(name)
-        paths.extend(sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path])
+        paths.extend(
+            sorted(p for p in path.iterdir() if p.is_file())
+            if path.is_dir()
+            else [path]
+        )
     if not paths:
         raise ConfigError("no Tor consensus files given")
     consensuses = [
-        parse_consensus(_read(str(p)).decode("utf-8", "replace"), name=str(p), geoip=geoip)
+        parse_consensus(
+            _read(str(p)).decode("utf-8", "replace"), name=str(p), geoip=geoip
+        )
         for p in paths
     ]
     return sorted(consensuses, key=lambda c: c.valid_after)

@@ -114,14 +114,18 @@ def parse_consensus(
         elif keyword in ("valid-after", "fresh-until", "valid-until"):
             times[keyword] = _timestamp(rest.strip(), where)
         elif keyword == "r":
+            # nickname identity [digest] date time address orport dirport:
+            # the full consensus has the digest, the microdesc flavour not.
             parts = rest.split()
-            if len(parts) < 7:
-                raise ConfigError(f"{where}: short 'r' line")
+            if len(parts) not in (7, 8):
+                raise ConfigError(f"{where}: 'r' line needs 7 or 8 fields")
             try:
-                or_port = int(parts[6])
+                or_port = int(parts[-2])
             except ValueError as exc:
                 raise ConfigError(f"{where}: bad OR port") from exc
-            entries.append(_Entry(parts[0], _identity(parts[1], where), parts[5], or_port))
+            entries.append(
+                _Entry(parts[0], _identity(parts[1], where), parts[-3], or_port)
+            )
         elif keyword in ("s", "w", "p") and not entries:
             raise ConfigError(f"{where}: {keyword!r} line before any 'r' line")
         elif keyword == "s":
