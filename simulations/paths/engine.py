@@ -93,7 +93,7 @@ class ChunkResult:
     exit_share: float = 0.0
     relays: int = 0
     periods: int = 0
-    seconds: float = 0.0
+    seconds: float = field(default=0.0, compare=False)
 
 
 @dataclass(slots=True)

@@ -53,7 +53,7 @@ class SeedResult:
     guard_share: float
     exit_share: float
     relays: int
-    seconds: float
+    seconds: float = field(compare=False)
     per_user_circuits: list[int] = field(repr=False)
     per_user_compromised_circuits: list[int] = field(repr=False)
 
