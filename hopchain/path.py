@@ -236,9 +236,9 @@ class PathIndex:
                 where += " outside " + ",".join(
                     sorted(constraints.exclude_exit_countries)
                 )
-            running = len(self._running_in(anywhere))
+            count = len(self._running_in(anywhere))
             raise PathSelectionError(
-                f"no running exit{where} accepts {wanted} ({running} running relays)"
+                f"no running exit{where} accepts {wanted} ({count} running relays)"
             )
         chosen = [exits.draw(rng)]
         if constraints.hops > 1:

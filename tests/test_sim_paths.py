@@ -10,9 +10,19 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import hopchain.client.circuits as client_circuits
+import pytest
+from hopchain.simulations.paths import engine
+from hopchain.simulations.paths.adversary import AdversarySpec
+from hopchain.simulations.paths.engine import StudyParams, Task, run_task
+from hopchain.simulations.paths.networks import NetworkSpec, open_schedule
+from hopchain.simulations.paths.parallel import LocalExecutor, execute, plan
+from hopchain.simulations.paths.report import FILES, SEED_COLUMNS
+from hopchain.simulations.paths.results import merge
+from hopchain.simulations.paths.stats import median_ci
+from hopchain.simulations.paths.study import Sweep, run_study
+from hopchain.simulations.paths.synthetic import SyntheticSchedule, generate_relays
+
 import hopchain.path
 from hopchain.cli import main
 from hopchain.crypto.keys import IdentityKey
@@ -24,16 +34,6 @@ from hopchain.directory import (
     sign_descriptor,
 )
 from hopchain.guards import GuardSet
-from hopchain.simulations.paths import engine
-from hopchain.simulations.paths.adversary import AdversarySpec
-from hopchain.simulations.paths.engine import StudyParams, Task, run_task
-from hopchain.simulations.paths.networks import NetworkSpec, open_schedule
-from hopchain.simulations.paths.parallel import LocalExecutor, execute, plan
-from hopchain.simulations.paths.report import FILES, SEED_COLUMNS
-from hopchain.simulations.paths.results import merge
-from hopchain.simulations.paths.stats import median_ci
-from hopchain.simulations.paths.study import Sweep, run_study
-from hopchain.simulations.paths.synthetic import SyntheticSchedule, generate_relays
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -53,8 +53,9 @@ def tor_consensus(guards: int, middles: int, exits: int) -> str:
     for n, (flag, policy) in enumerate(kinds):
         ident = hashlib.sha1(f"relay {n}".encode()).digest()
         name = base64.b64encode(ident).decode().rstrip("=")
+        address = f"{20 + n // 250}.{n % 250}.0.1"
         lines += [
-            f"r relay{n} {name} 2024-05-01 00:00:00 {20 + n // 250}.{n % 250}.0.1 9001 0",
+            f"r relay{n} {name} 2024-05-01 00:00:00 {address} 9001 0",
             f"s Fast Running Stable Valid {flag}".rstrip(),
             f"w Bandwidth={rng.randrange(100, 5000)}",
             f"p {policy} 1-65535",
@@ -287,7 +288,8 @@ def test_outputs_schema_plots_and_determinism(tmp_path: Path, tor_file: str) -> 
     }
     for key in ("plot_over_time", "plot_first_compromise", "plot_exit_countries"):
         png = (tmp_path / "a" / FILES[key]).read_bytes()
-        assert png.startswith(PNG) and len(png) > 10_000
+        assert png.startswith(PNG)
+        assert len(png) > 10_000
     # Same seeds, other process layout: the same bytes.
     study(tmp_path / "b", tor_file, workers=2)()
     for key in (
@@ -325,7 +327,8 @@ def test_sweep_across_processes_gives_one_csv_and_one_plot(
     compromised = [
         p["scalars"]["users_compromised"]["median"] for p in summary["sweep"]["points"]
     ]
-    assert compromised == sorted(compromised) and compromised[0] < compromised[-1]
+    assert compromised == sorted(compromised)
+    assert compromised[0] < compromised[-1]
     assert (tmp_path / FILES["plot_sweep"]).read_bytes().startswith(PNG)
 
 

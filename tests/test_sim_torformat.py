@@ -3,14 +3,14 @@
 import base64
 
 import pytest
-
-from hopchain.errors import ConfigError
-from hopchain.geoip import GeoIPDatabase
 from hopchain.simulations.paths.torformat import (
     accepted_ports,
     fingerprint,
     parse_consensus,
 )
+
+from hopchain.errors import ConfigError
+from hopchain.geoip import GeoIPDatabase
 
 
 def b64(raw: bytes) -> str:
@@ -27,7 +27,7 @@ consensus-method 33
 valid-after 2024-05-01 12:00:00
 fresh-until 2024-05-01 13:00:00
 valid-until 2024-05-01 15:00:00
-known-flags Authority BadExit Exit Fast Guard HSDir MiddleOnly Running Stable V2Dir Valid
+known-flags Authority BadExit Exit Fast Guard HSDir MiddleOnly Running Stable Valid
 r guardone {b64(GUARD_ID)} {b64(bytes(20))} 2024-05-01 03:04:05 1.2.3.4 9001 0
 m YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo
 s Fast Guard HSDir Running Stable V2Dir Valid
@@ -104,9 +104,7 @@ def test_port_summaries(
 )
 def test_malformed_lines_name_their_line(bad: str, message: str) -> None:
     lines = SAMPLE.splitlines()
-    index = next(
-        i for i, line in enumerate(lines) if line.split()[0] == bad.split()[0]
-    )
+    index = next(i for i, line in enumerate(lines) if line.split()[0] == bad.split()[0])
     lines[index + (1 if bad[0] in "wp" else 0)] = bad
     with pytest.raises(ConfigError, match=message):
         parse_consensus("\n".join(lines), name="cons")

@@ -73,7 +73,7 @@ def _added_relays(spec: AdversarySpec, first: Consensus) -> tuple[RouterStatus, 
         for r in running
         if "Exit" in r.flags and "BadExit" not in r.flags
     )
-    added = []
+    added: list[RouterStatus] = []
     for kind, fraction, count, total, flags, ports in (
         ("guard", spec.guard_fraction, spec.guard_relays, guard_total, GUARD_FLAGS, ()),
         (

@@ -7,6 +7,7 @@ pool, or this process for one worker) and ``DaskExecutor`` (a
 ``distributed.Client``: a remote scheduler, or a ``LocalCluster``).
 """
 
+import importlib
 import itertools
 import logging
 import math
@@ -85,10 +86,9 @@ class DaskExecutor:
         self.client = client
 
     def run(self, tasks: Sequence[Task]) -> Iterator[ChunkResult]:
-        from distributed import as_completed
-
+        distributed = importlib.import_module("distributed")
         futures = self.client.map(run_task, list(tasks), pure=False)
-        for future in as_completed(futures):
+        for future in distributed.as_completed(futures):
             yield future.result()
 
 
@@ -104,23 +104,23 @@ def connect_dask(
             reachable.
     """
     try:
-        from distributed import Client, LocalCluster
+        distributed = importlib.import_module("distributed")
     except ImportError as exc:
         raise ConfigError(
             "Dask runs need the 'distributed' package: pip install 'hopchain[dask]'"
         ) from exc
     try:
         if scheduler is not None:
-            client = Client(scheduler, timeout="30s")
+            client = distributed.Client(scheduler, timeout="30s")
             return client, client.close
-        cluster = LocalCluster(
+        cluster = distributed.LocalCluster(
             n_workers=local_workers, threads_per_worker=1, dashboard_address=None
         )
     except OSError as exc:
         raise ConfigError(
             f"cannot reach the Dask scheduler {scheduler}: {exc}"
         ) from exc
-    client = Client(cluster)
+    client = distributed.Client(cluster)
 
     def close() -> None:
         client.close()

@@ -34,7 +34,7 @@ class Estimate:
 
 
 def _coverage(n: int, k: int) -> float:
-    below = sum(math.comb(n, i) for i in range(k)) / 2**n
+    below = sum(math.comb(n, i) for i in range(k)) / float(2**n)
     return 1.0 - 2.0 * below
 
 
