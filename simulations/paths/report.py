@@ -218,7 +218,8 @@ def plot_study(summary: Summary, title: str, out: Path) -> list[Path]:
             median.median,
             color="black",
             linestyle="--",
-            label=f"median across seeds: {median.median:.1f} days",
+            label=f"median of compromised users: {median.median:.1f} days "
+            "(median across seeds)",
         )
     ax.set_title(f"Time to first compromise\n{title}")
     ax.set_xlabel("time to first compromised circuit (days)")
