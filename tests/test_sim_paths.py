@@ -348,7 +348,10 @@ def test_dask_runs_the_same_tasks(tor_file: str) -> None:
     local = execute(tasks, LocalExecutor(1))
     with (
         distributed.LocalCluster(
-            processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None
+            processes=False,
+            n_workers=1,
+            threads_per_worker=2,
+            dashboard_address="127.0.0.1:0",
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

@@ -109,12 +109,18 @@ def connect_dask(
         raise ConfigError(
             "Dask runs need the 'distributed' package: pip install 'hopchain[dask]'"
         ) from exc
+    # Dask's own INFO lines (scheduler, nannies) would drown the progress.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         if scheduler is not None:
             client = distributed.Client(scheduler, timeout="30s")
             return client, client.close
         cluster = distributed.LocalCluster(
-            n_workers=local_workers, threads_per_worker=1, dashboard_address=None
+            n_workers=local_workers,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",  # loopback, any free port
         )
     except OSError as exc:
         raise ConfigError(
