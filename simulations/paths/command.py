@@ -139,7 +139,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
         help=f"a circuit takes new streams for this long (default {DIRTINESS:g})",
     )
     adv = p.add_argument_group(
-        "adversary (default: 5%% of guard and of exit bandwidth)"
+        "adversary (default: 5 percent of guard and of exit bandwidth)"
     )
     adv.add_argument(
         "--adversary-bandwidth",

@@ -141,11 +141,14 @@ def parameters(params: StudyParams) -> dict[str, Any]:
     }
 
 
-def title(params: StudyParams) -> str:
-    """A one-line description for plot titles."""
+def title(params: StudyParams, swept: str | None = None) -> str:
+    """A one-line description for plot titles (without the ``swept``
+    parameter, which the legend gives)."""
     adversary = params.adversary
     parts = [f"{params.users} {params.model} users, {params.days:g} days"]
-    if adversary.guard_fraction or adversary.exit_fraction:
+    if swept not in ("adversary-bandwidth", "guard-fraction", "exit-fraction") and (
+        adversary.guard_fraction or adversary.exit_fraction
+    ):
         parts.append(
             f"adversary {adversary.guard_fraction:.0%} of guard, "
             f"{adversary.exit_fraction:.0%} of exit bandwidth"
@@ -260,7 +263,7 @@ def run_study(
             plot_sweep(
                 list(zip(sweep.values, summaries, strict=True)),
                 sweep.parameter,
-                title(params),
+                title(params, sweep.parameter),
                 out,
             )
         )
