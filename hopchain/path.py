@@ -20,13 +20,18 @@ Speed: ``PathIndex`` prepares one consensus: its candidate lists and their
 cumulative bandwidth weights are built on first use and kept, and
 ``select_path`` keeps the indexes of the last few consensus objects (keyed
 by object identity).  A guard or middle, which must be compatible with the
-relays already chosen, is drawn from its whole list and drawn again on a
-conflict (``REDRAWS`` times, then from the exact list of compatible relays):
-the same distribution as a draw among the compatible relays, without
-building that list each time.  The client and the simulations
-(``hopchain sim paths``) call this same ``select_path``.
+relays already chosen, is drawn without building the list of compatible
+relays for each path (``_Pool.draw_compatible``).  When few relays conflict
+(at most ``EXACT_CONFLICTS``, as in small networks), one random number over
+the compatible relays' weight is mapped onto the whole list past the
+conflicting relays: exactly the relay a draw from the compatible list picks
+with the same rng.  When many conflict (a /16 or a family of hundreds), the
+relay is drawn from the whole list again until it is compatible
+(``REDRAWS`` times, then from the exact list): the same distribution.  The client
+and the simulations (``hopchain sim paths``) call this same ``select_path``.
 """
 
+import bisect
 import functools
 import ipaddress
 import random
@@ -41,6 +46,7 @@ from hopchain.directory import Consensus, Descriptor, RouterStatus
 from hopchain.errors import PathSelectionError
 from hopchain.exitpolicy import normalise
 
+EXACT_CONFLICTS: Final = 64
 REDRAWS: Final = 8
 _CACHED_INDEXES: Final = 4
 _CACHED_POOLS: Final = 256
@@ -99,24 +105,61 @@ def _usable_exit(status: RouterStatus, port: int | None) -> bool:
 
 
 class _Pool:
-    """The candidates for one position and their cumulative weights."""
+    """The candidates for one position and their cumulative weights, with
+    indexes by identity, declared family and subnet (built on first use) to
+    find the candidates that conflict with a partial path."""
 
-    __slots__ = ("_members", "candidates", "cumulative")
+    __slots__ = ("_declaring", "_positions", "_subnets", "candidates", "cumulative")
 
     def __init__(self, candidates: list[Descriptor]) -> None:
         self.candidates = candidates
         self.cumulative = list(accumulate(max(1, d.bandwidth) for d in candidates))
-        self._members: dict[bytes, Descriptor] | None = None
+        self._positions: dict[bytes, int] | None = None
+        self._declaring: dict[bytes, list[int]] = {}
+        self._subnets: dict[str, list[int]] = {}
+
+    def _index(self) -> dict[bytes, int]:
+        if self._positions is None:
+            for i, d in enumerate(self.candidates):
+                for f in d.family:
+                    self._declaring.setdefault(f, []).append(i)
+                self._subnets.setdefault(_subnet(d.address), []).append(i)
+            self._positions = {d.identity: i for i, d in enumerate(self.candidates)}
+        return self._positions
 
     def member(self, identity: bytes) -> Descriptor | None:
         """The candidate with this identity, if there is one."""
-        if self._members is None:
-            self._members = {d.identity: d for d in self.candidates}
-        return self._members.get(identity)
+        i = self._index().get(identity)
+        return None if i is None else self.candidates[i]
 
     def draw(self, rng: random.Random) -> Descriptor:
         """One candidate, weighted by bandwidth."""
         return rng.choices(self.candidates, cum_weights=self.cumulative, k=1)[0]
+
+    def _conflicting(self, chosen: list[Descriptor], same_subnet_ok: bool) -> list[int]:
+        """Positions of the candidates that conflict with ``chosen``
+        (``_conflicts``: same relay, either side's declared family, subnet)."""
+        positions = self._index()
+        found: set[int] = set()
+        for d in chosen:
+            for identity in (d.identity, *d.family):
+                i = positions.get(identity)
+                if i is not None:
+                    found.add(i)
+            found.update(self._declaring.get(d.identity, ()))
+            if not same_subnet_ok:
+                found.update(self._subnets.get(_subnet(d.address), ()))
+        return sorted(found)
+
+    def _conflict_bound(self, chosen: list[Descriptor], same_subnet_ok: bool) -> int:
+        """At most how many candidates conflict with ``chosen`` (cheap)."""
+        self._index()
+        bound = 0
+        for d in chosen:
+            bound += 1 + len(d.family) + len(self._declaring.get(d.identity, ()))
+            if not same_subnet_ok:
+                bound += len(self._subnets.get(_subnet(d.address), ()))
+        return bound
 
     def draw_compatible(
         self, chosen: list[Descriptor], same_subnet_ok: bool, rng: random.Random
@@ -125,32 +168,50 @@ class _Pool:
         (None: there are none)."""
         if not self.candidates:
             return None
-        taken = _Taken(chosen, same_subnet_ok)
+        if self._conflict_bound(chosen, same_subnet_ok) > EXACT_CONFLICTS:
+            return self._redraw(chosen, same_subnet_ok, rng)
+        conflicting = self._conflicting(chosen, same_subnet_ok)
+        if not conflicting:
+            return self.draw(rng)
+        cumulative = self.cumulative
+        weights = [cumulative[i] - (cumulative[i - 1] if i else 0) for i in conflicting]
+        free_total = cumulative[-1] - sum(weights)
+        if free_total <= 0:
+            return None
+        target = rng.random() * float(free_total)
+        for i, weight in zip(conflicting, weights, strict=True):
+            if cumulative[i] - weight > target:
+                break
+            target += weight  # step over this conflicting candidate
+        pick = bisect.bisect_right(cumulative, target, 0, len(cumulative) - 1)
+        if pick in conflicting:  # float rounding at an edge
+            return self._filtered(conflicting).draw(rng)
+        return self.candidates[pick]
+
+    def _filtered(self, conflicting: list[int]) -> "_Pool":
+        skip = set(conflicting)
+        return _Pool([d for i, d in enumerate(self.candidates) if i not in skip])
+
+    def _redraw(
+        self, chosen: list[Descriptor], same_subnet_ok: bool, rng: random.Random
+    ) -> Descriptor | None:
+        """Draw from the whole list until a compatible candidate comes
+        (``REDRAWS`` times, then from the exact compatible list): the same
+        distribution, for when many candidates conflict."""
+        identities = {d.identity for d in chosen}
+        families = {f for d in chosen for f in d.family}
+        subnets = set() if same_subnet_ok else {_subnet(d.address) for d in chosen}
         for _ in range(REDRAWS):
             pick = self.draw(rng)
-            if not taken.conflicts(pick):
+            if (
+                pick.identity not in identities
+                and pick.identity not in families
+                and not any(f in identities for f in pick.family)
+                and (same_subnet_ok or _subnet(pick.address) not in subnets)
+            ):
                 return pick
-        free = _Pool([d for d in self.candidates if not taken.conflicts(d)])
+        free = self._filtered(self._conflicting(chosen, same_subnet_ok))
         return free.draw(rng) if free.candidates else None
-
-
-class _Taken:
-    """The relays already in a path, for quick conflict checks (the same
-    rule as ``_conflicts``)."""
-
-    __slots__ = ("families", "identities", "subnets")
-
-    def __init__(self, chosen: list[Descriptor], same_subnet_ok: bool) -> None:
-        self.identities = {d.identity for d in chosen}
-        self.families = {f for d in chosen for f in d.family}
-        self.subnets = None if same_subnet_ok else {_subnet(d.address) for d in chosen}
-
-    def conflicts(self, d: Descriptor) -> bool:
-        if d.identity in self.identities or d.identity in self.families:
-            return True
-        if any(f in self.identities for f in d.family):
-            return True
-        return self.subnets is not None and _subnet(d.address) in self.subnets
 
 
 class PathIndex:
