@@ -33,6 +33,7 @@ from hopchain.directory import (
     sign_consensus,
     sign_descriptor,
 )
+from hopchain.errors import ConfigError
 from hopchain.guards import GuardSet
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -230,7 +231,7 @@ def test_hopchain_cached_consensus_is_loaded_and_verified(tmp_path: Path) -> Non
     params = StudyParams(network=spec, users=5, days=0.5)
     assert sum(run_task(Task(params, 1, 0, 5)).circuits) > 0
     path.write_bytes(path.read_bytes()[:-5])
-    with pytest.raises(Exception, match="not a hopchain consensus"):
+    with pytest.raises(ConfigError, match="not a hopchain consensus"):
         open_schedule(spec, 0)
 
 
@@ -333,9 +334,9 @@ def test_sweep_across_processes_gives_one_csv_and_one_plot(
 
 
 def test_sweep_values_are_checked() -> None:
-    with pytest.raises(Exception, match="unknown parameter"):
+    with pytest.raises(ConfigError, match="unknown parameter"):
         Sweep.parse("colour=red")
-    with pytest.raises(Exception, match="guards must be"):
+    with pytest.raises(ConfigError, match="guards must be"):
         Sweep.parse("guards=9").apply(StudyParams(), "9")
 
 
