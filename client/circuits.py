@@ -62,6 +62,7 @@ from hopchain.messages import (
 )
 from hopchain.path import CountryRules, PathConstraints, select_path
 from hopchain.predicted import MAX_CLEAN, PredictedPorts, ports_to_prepare
+from hopchain.reuse import exit_accepts, is_dirty
 from hopchain.wire import Cell, CellCommand
 
 logger = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class CircuitManager:
                 handle.is_open
                 and not self._stale(handle, now)
                 and handle.exit.identity not in constraints.avoid_exits
-                and (port is None or handle.exit.allows_exit_to(port))
+                and exit_accepts(handle.exit, port)
                 and handle.isolation in (None, isolation)
                 and handle.epoch == self.epoch
                 and self._exit_fits(handle, constraints, isolation)
@@ -463,7 +464,7 @@ class CircuitManager:
             return True
         if handle.dirty_since is None:
             return now - handle.built_at >= CLEAN_LIFETIME
-        return now - handle.dirty_since >= self._dirtiness
+        return is_dirty(handle.dirty_since, now, self._dirtiness)
 
     def _refused_for_standing_rules(self) -> set[bytes]:
         """Exits the egress check refused for the client's own country rules."""

@@ -36,6 +36,7 @@ from hopchain.geoip import GeoIPDatabase
 from hopchain.guards import GuardSet
 from hopchain.path import CountryRules, PathConstraints, exit_choice, select_path
 from hopchain.predicted import MAX_CLEAN
+from hopchain.reuse import DIRTINESS
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class ClientConfig:
     socks_port: int | None = 9050
     hops: int = 3
     test_network: bool = False
-    dirtiness: float = 600.0
+    dirtiness: float = DIRTINESS
     bootstrap_timeout: float = 120.0
     warm_port: int = 80
     socks: SocksOptions = field(default_factory=SocksOptions)

@@ -89,7 +89,7 @@ def assign_flags(
             and desc.bandwidth >= guard_bandwidth
         ):
             flags.add("Guard")
-        if sum(desc.allows_exit_to(p) for p in EXIT_PORTS) >= 2:
+        if desc.exit_ports and sum(desc.allows_exit_to(p) for p in EXIT_PORTS) >= 2:
             flags.add("Exit")
         if desc.exit_ports and desc.identity in bad_exits:
             flags.add("BadExit")

@@ -13,8 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hopchain.simulations.network import cli as network_cli
+from hopchain.simulations.paths.command import add_parser as add_paths_parser
 
 STUDIES: list[Callable[[Any, argparse.ArgumentParser], None]] = [
+    add_paths_parser,
     network_cli.add_parser,
 ]
 
