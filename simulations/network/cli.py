@@ -104,7 +104,7 @@ def add_parser(studies: Any, common: argparse.ArgumentParser) -> None:
             "network with per-link latency and per-host bandwidth, under a "
             "virtual clock. Clients download 50 KiB, 1 MiB and 5 MiB files; "
             "relays can be killed or slowed. Writes CSV, JSON and PNG plots. "
-            "See docs/simulations-network.md."
+            "See docs/simulations.md."
         ),
     )
     add = parser.add_argument

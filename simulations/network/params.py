@@ -45,7 +45,7 @@ class Fault:
 
 @dataclass(frozen=True, slots=True)
 class NetworkParams:
-    """Every knob of a run (see docs/simulations-network.md)."""
+    """Every knob of a run (see docs/simulations.md)."""
 
     relays: int = 20
     clients: int = 50
