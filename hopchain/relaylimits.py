@@ -16,6 +16,7 @@ from hopchain.accounting import parse_period
 from hopchain.errors import ConfigError
 
 __all__ = [
+    "LIMIT_OPTIONS",
     "MIB",
     "RelayLimits",
     "add_limit_options",
@@ -26,6 +27,19 @@ __all__ = [
 
 MIB: Final = 1024 * 1024
 _SIZE = re.compile(r"(\d+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+# The config keys (argparse dests) of the options add_limit_options declares.
+LIMIT_OPTIONS: Final = (
+    "bandwidth_rate",
+    "bandwidth_burst",
+    "accounting_max",
+    "accounting_period",
+    "max_links_per_address",
+    "max_new_links_per_second",
+    "max_creates_per_second",
+    "max_creates_burst",
+    "handshake_timeout",
+    "max_queued_bytes",
+)
 _UNITS: Final = {"": 1, "k": 1024, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}
 
 

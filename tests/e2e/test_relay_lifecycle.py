@@ -5,6 +5,7 @@ a given time, ``shutdown``); the subprocess tests run ``hopchain relay
 --config`` as an operator would and signal it.
 """
 
+import logging
 import os
 import re
 import signal
@@ -386,3 +387,38 @@ async def test_reload_applies_reloadable_fields_and_refuses_a_broken_file(
     assert daemon.node.config.port == 9001
     assert "reload: nickname, port changed; that takes a restart" in caplog.text
     assert "reloaded: exit_policy" in caplog.text
+
+    # Every reloadable option at once: applied, and no restart warning.
+    caplog.clear()
+    rules = tmp_path / "policy.txt"
+    rules.write_text("accept *:8080\nreject *:*\n")
+    config.write_text(
+        good
+        + 'exit_policy_file = "policy.txt"\nbandwidth_rate = "1M"\n'
+        + "max_queued_bytes = 8388608\nmax_creates_burst = 5\n"
+        + 'accounting_max = "1G"\naccounting_period = "day"\n'
+        + 'handshake_timeout = 3\nshutdown_grace = "2m"\nlog_level = "debug"\n'
+        + "bandwidth = 5000000\n"
+    )
+    with caplog.at_level("INFO"):
+        daemon.reload()
+        assert logging.getLogger().level == logging.DEBUG
+    assert "takes a restart" not in caplog.text
+    assert "reloaded: exit_policy, bandwidth, limits" in caplog.text
+    assert exit_ports(daemon) == ((8080, 8080),)
+    limits = daemon.node.limits.config
+    assert (limits.bandwidth_rate, limits.max_queued_bytes) == (1 << 20, 8 << 20)
+    assert (limits.creates_burst, limits.handshake_timeout) == (5, 3.0)
+    assert (limits.accounting_max, limits.accounting_period) == (1 << 30, "day")
+    assert daemon.node.limits.budget.cap == 8 << 20
+    assert daemon.node.config.bandwidth == 1 << 20  # lowered to the rate
+    assert daemon.grace == 120.0
+
+    # The file changed under the same option: reloaded too.
+    caplog.clear()
+    rules.write_text("accept *:8443\nreject *:*\n")
+    with caplog.at_level("INFO"):
+        daemon.reload()
+    assert exit_ports(daemon) == ((8443, 8443),)
+    assert "reloaded: exit_policy" in caplog.text
+    assert "takes a restart" not in caplog.text
