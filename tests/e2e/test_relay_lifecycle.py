@@ -148,7 +148,7 @@ async def test_shutdown_ends_live_streams_in_order_and_stops(
                 # An orderly END: EOF, not a broken stream.
                 assert await _read_all(stream) == b""
             await exit_node.stopped.wait()
-    assert not exit_node._by_prev
+    assert not exit_node.circuits.by_prev
     with pytest.raises(OSError, match="failed"):
         await trio.open_tcp_stream(exit_node.config.address, exit_node.port)
 
