@@ -169,7 +169,8 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     d = RelayLimits()
     group = parser.add_argument_group(
         "resource limits",
-        "sizes take K, M, G suffixes (powers of 1024); 0 turns a limit off",
+        "sizes take K, M, G suffixes (powers of 1024); 0 turns a limit off; "
+        "all are reloaded on SIGHUP",
     )
     group.add_argument(
         "--bandwidth-rate",
