@@ -5,9 +5,9 @@ deliver); the only things that wait are opening a link for an extension,
 exit connections and exit name lookups (RESOLVE), which run as tasks of
 their own in the node's nursery.  The pieces: ``relay.circuit`` (the circuit
 table, teardown, the out-of-memory handler), ``relay.exit`` (BEGIN and
-RESOLVE under the exit policy), ``relay.onionkeys`` (onion key rotation);
-here, the listeners and links, cell dispatch, extension, descriptor
-publishing, the graceful shutdown and reload.
+RESOLVE under the exit policy), ``relay.onionkeys`` (onion key rotation),
+``relay.publisher`` (descriptor uploads); here, the listeners and links,
+cell dispatch, extension, the descriptor, the graceful shutdown and reload.
 """
 
 import dataclasses
@@ -19,7 +19,6 @@ from functools import partial
 from typing import Any, Final
 
 import trio
-from hopchain.relay import dirclient
 from hopchain.relay.circuit import Circuit, CircuitTable
 from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.exit import Exit, Send, local_address_for
@@ -35,6 +34,7 @@ from hopchain.relay.link import (
 from hopchain.relay.metrics import RelayCollector, serve_metrics
 from hopchain.relay.net import Network, bound_port, peer_address, wall_clock
 from hopchain.relay.onionkeys import KeyRotation, OnionKeyRing
+from hopchain.relay.publisher import Publisher
 from hopchain.relay.stats import RelayStats
 from hopchain.relay.stream import forget_if_ended
 
@@ -44,12 +44,7 @@ from hopchain.crypto import handshake
 from hopchain.crypto.keys import IdentityKey, OnionKey, fingerprint
 from hopchain.crypto.onion import HopKeys
 from hopchain.directory import Descriptor, sign_descriptor
-from hopchain.errors import (
-    DirectoryError,
-    HandshakeError,
-    LinkError,
-    ProtocolError,
-)
+from hopchain.errors import HandshakeError, LinkError, ProtocolError
 from hopchain.messages import Begin, Data, End, EndReason, Extend, Resolve, Sendme
 from hopchain.relaycircuit import Deliver, Forward, RelayCircuit, Respond
 from hopchain.relaylimits import RelayLimits
@@ -60,7 +55,6 @@ __all__ = ["RELOADABLE", "KeyRotation", "RelayConfig", "RelayNode"]
 logger = logging.getLogger(__name__)
 
 EXTEND_TIMEOUT: Final = 15.0
-PUBLISH_RETRY: Final = 2.0
 # After the drain, how long the last ENDs and DESTROYs may take to leave.
 CLOSE_TIMEOUT: Final = 5.0
 # The rotation loop sleeps at most this long, so a wall-clock jump (a
@@ -116,14 +110,16 @@ class RelayNode:
         # per-address limits), an outbound one with None.
         self._links: dict[Link, str | None] = {}
         self._accepting = trio.CancelScope()
-        self._republish = trio.Event()
         self._draining = False
         self._drained = trio.Event()
         self.circuits = CircuitTable(self._circuit_closed)
         self._out_links: dict[bytes, Link] = {}
         self._link_locks: dict[bytes, trio.Lock] = {}
         self._nursery: trio.Nursery | None = None
-        self.published = trio.Event()
+        self.publisher = Publisher(
+            network, config.authorities, self.descriptor, config.publish_interval
+        )
+        self.published = self.publisher.published  # set once an authority took it
         self.stats = RelayStats()
         self.metrics_port: int | None = None
         self.throughput = ThroughputMeter()  # relayed bytes, for the descriptor
@@ -189,7 +185,7 @@ class RelayNode:
                 )
             nursery.start_soon(self._listen, listeners, nursery)
             if self.config.authorities:
-                nursery.start_soon(self._publish_loop)
+                nursery.start_soon(self.publisher.run)
             if self._onion.rotation is not None:
                 nursery.start_soon(self._rotation_loop)
             task_status.started(self.port)
@@ -273,7 +269,7 @@ class RelayNode:
             self.limits.reload(self.config.limits)
         logger.info("reloaded: %s", ", ".join(applied) or "nothing changed")
         if applied:
-            self._republish.set()
+            self.publisher.republish()
         return applied
 
     def descriptor(self) -> bytes:
@@ -296,31 +292,6 @@ class RelayNode:
         )
         return sign_descriptor(desc, self.identity.sign)
 
-    async def _publish_loop(self) -> None:
-        while True:
-            ok = 0
-            descriptor = self.descriptor()  # the same one for every authority
-            for authority in self.config.authorities:
-                try:
-                    await dirclient.publish(self.network, authority, descriptor)
-                    ok += 1
-                except DirectoryError as exc:
-                    logger.warning(
-                        "publishing to %s:%d failed: %s",
-                        authority.host,
-                        authority.port,
-                        exc,
-                    )
-            if ok:
-                if not self.published.is_set():
-                    logger.info("descriptor published to %d authorities", ok)
-                self.published.set()
-                with trio.move_on_after(self.config.publish_interval):
-                    await self._republish.wait()
-                self._republish = trio.Event()
-            else:
-                await trio.sleep(PUBLISH_RETRY)
-
     # --- onion keys ------------------------------------------------------------
 
     async def _rotation_loop(self) -> None:
@@ -340,7 +311,7 @@ class RelayNode:
         change is due."""
         wait, rotated = self._onion.check(now)
         if rotated:
-            self._republish.set()
+            self.publisher.republish()
         return wait
 
     # --- links -------------------------------------------------------------
@@ -692,7 +663,7 @@ class RelayNode:
         """Use ``policy`` for every stream opened from now on (streams already
         connected stay), and publish its port summary at once."""
         self.exit.set_policy(policy)
-        self._republish.set()
+        self.publisher.republish()
 
     async def resolve_for_client(self, query: str, *, ptr: bool) -> list[str]:
         """Answer a client's RESOLVE (``Exit.resolve_for_client``)."""
