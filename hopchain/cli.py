@@ -415,32 +415,6 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_metrics_options(parser: argparse.ArgumentParser) -> None:
-    """The relay's Prometheus endpoint (hopchain.relay.metrics)."""
-    metrics = parser.add_argument_group("metrics")
-    metrics.add_argument(
-        "--metrics-port",
-        type=_port,
-        metavar="PORT",
-        help="serve Prometheus metrics at http://ADDRESS:PORT/metrics, which "
-        "'hopchain relay status' reads (default: off; 9052 is what status "
-        "tries first; 0: any port)",
-    )
-    metrics.add_argument(
-        "--metrics-address",
-        default="127.0.0.1",
-        metavar="ADDRESS",
-        help="metrics listen address (default 127.0.0.1; anything but loopback "
-        "needs --metrics-allow-public)",
-    )
-    metrics.add_argument(
-        "--metrics-allow-public",
-        action="store_true",
-        help="allow a non-loopback --metrics-address: metrics show when and "
-        "how much the relay carries, so keep them behind a firewall",
-    )
-
-
 def _client_argv(args: argparse.Namespace) -> list[str]:
     """The client options in ``args`` as command-line words (for the demo)."""
     argv = ["--hops", str(args.hops), "--max-pending", str(args.max_pending)]

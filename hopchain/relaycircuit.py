@@ -20,7 +20,7 @@ Extension rules (checked here, before any network work):
 * never on a circuit that already carries streams.
 
 (The relay shell also refuses extensions to private or non-IP addresses
-outside a test network: ``RelayNode._may_extend_to``.)
+outside a test network: ``hopchain.relay.exit.Exit.may_reach``.)
 
 As an exit the circuit keeps a ``StreamTable`` with the same windows as the
 client, so a client that ignores flow control is caught here.  A RESOLVE

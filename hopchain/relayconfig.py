@@ -40,6 +40,15 @@ CONFIG_FILE: Final = "relay.toml"
 REQUIRED: Final = ("data_dir", "nickname", "address", "authority")
 _NOT_KEYS: Final = frozenset({"config", "help"})
 _UNITS: Final = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# What ``relay init`` writes, commented out, for an option that has no
+# default value: something valid to start an edit from.
+_EXAMPLES: Final[dict[str, object]] = {
+    "address": "203.0.113.7",
+    "exit_policy": "accept *:80, accept *:443, reject *:*",
+    "exit_policy_file": "exit-policy.txt",
+    "exit_ports": "80,443",
+    "metrics_port": 9052,
+}
 
 
 def port_number(text: str) -> int:
@@ -419,6 +428,7 @@ def parse_config(
     keys = config_keys(parser)
     defaults: dict[str, Any] = {}
     repeated: dict[str, list[Any]] = {}
+    _check_exclusive(parser, document, text, source)
     for key, value in document.items():
         action = keys.get(key)
         if action is None:
@@ -438,6 +448,30 @@ def parse_config(
     return ConfigValues(defaults, repeated)
 
 
+def _exclusive_groups(parser: argparse.ArgumentParser) -> list[list[str]]:
+    """The config keys of each mutually exclusive group (``exit_policy``,
+    ``exit_policy_file``, ``exit_ports``)."""
+    key_of = {action: key for key, action in config_keys(parser).items()}
+    return [
+        [key_of[a] for a in group._group_actions if a in key_of]
+        for group in parser._mutually_exclusive_groups
+    ]
+
+
+def _check_exclusive(
+    parser: argparse.ArgumentParser, document: dict[str, Any], text: str, source: str
+) -> None:
+    for group in _exclusive_groups(parser):
+        present = [key for key in group if key in document]
+        if len(present) > 1:
+            raise _error(
+                source,
+                text,
+                present[1],
+                f"not together with {present[0]}; set one of " + ", ".join(group),
+            )
+
+
 def apply_config(
     parse: Callable[[], argparse.Namespace],
     parser: argparse.ArgumentParser,
@@ -446,14 +480,26 @@ def apply_config(
     """Parse the command line with the file's values as defaults.
 
     ``parse`` parses the whole command line with the parser tree that holds
-    ``parser`` (the relay's), whose defaults are set first.
+    ``parser`` (the relay's), whose defaults are set first.  An option of a
+    mutually exclusive group given on the command line replaces the file's
+    value for the whole group (``--exit-ports`` over ``exit_policy``).
     """
-    parser.set_defaults(**values.defaults)
+    keys = config_keys(parser)
+    actions = {a.dest: a for a in keys.values()}
+    exclusive = [[keys[k].dest for k in group] for group in _exclusive_groups(parser)]
+    grouped = {dest for group in exclusive for dest in group}
+    parser.set_defaults(
+        **{d: v for d, v in values.defaults.items() if d not in grouped}
+    )
     args = parse()
-    actions = {a.dest: a for a in config_keys(parser).values()}
     for dest, items in values.repeated.items():
         if getattr(args, dest) is actions[dest].default:  # not on the command line
             setattr(args, dest, items)
+    for group in exclusive:
+        if all(getattr(args, d) == actions[d].default for d in group):
+            for dest in group:
+                if dest in values.defaults:
+                    setattr(args, dest, values.defaults[dest])
     return args
 
 
@@ -514,7 +560,8 @@ def render_config(
 
     Every key is present, with its help text and default; a key in ``given``
     (dest -> the value as typed, a list for repeatables, True for flags) is
-    set, every other key is commented out at its default.
+    set, every other key is commented out at its default (or, for a few
+    keys without one, at an example from ``_EXAMPLES``).
     """
     lines = [f"# {line}" for line in title.splitlines()]
     lines.append(
@@ -540,7 +587,7 @@ def render_config(
         elif _is_repeatable(action):
             default = []
         elif action.default is None:
-            default = ""
+            default = _EXAMPLES.get(key, "")
         else:
             default = _written(action, action.default)
         lines.append(f"# {key} = {_toml_value(default)}")

@@ -15,10 +15,31 @@ from typing import Final
 from hopchain.accounting import parse_period
 from hopchain.errors import ConfigError
 
-__all__ = ["MIB", "RelayLimits", "add_limit_options", "limits_from_args", "parse_size"]
+__all__ = [
+    "LIMIT_OPTIONS",
+    "MIB",
+    "RelayLimits",
+    "add_limit_options",
+    "format_size",
+    "limits_from_args",
+    "parse_size",
+]
 
 MIB: Final = 1024 * 1024
 _SIZE = re.compile(r"(\d+)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
+# The config keys (argparse dests) of the options add_limit_options declares.
+LIMIT_OPTIONS: Final = (
+    "bandwidth_rate",
+    "bandwidth_burst",
+    "accounting_max",
+    "accounting_period",
+    "max_links_per_address",
+    "max_new_links_per_second",
+    "max_creates_per_second",
+    "max_creates_burst",
+    "handshake_timeout",
+    "max_queued_bytes",
+)
 _UNITS: Final = {"": 1, "k": 1024, "m": MIB, "g": 1024 * MIB, "t": 1024 * 1024 * MIB}
 
 
@@ -115,6 +136,15 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
 
 
+def format_size(size: int) -> str:
+    """``size`` as ``parse_size`` reads it, in the largest unit that keeps
+    it whole (``67108864`` -> ``64M``)."""
+    for unit in "TGMK":
+        if size and size % _UNITS[unit.lower()] == 0:
+            return f"{size // _UNITS[unit.lower()]}{unit}"
+    return str(size)
+
+
 def _size(text: str) -> int:
     try:
         return parse_size(text)
@@ -130,16 +160,22 @@ def _period(text: str) -> str | int:
 
 
 def add_limit_options(parser: argparse.ArgumentParser) -> None:
-    """Declare the resource-limit options of ``hopchain relay``."""
+    """Declare the resource-limit options of ``hopchain relay``.
+
+    Defaults are text, as for every relay option (``hopchain.relayconfig``):
+    argparse converts them like a typed value, and ``relay init`` writes
+    them as an operator would type them (``64M``, not 67108864).
+    """
     d = RelayLimits()
     group = parser.add_argument_group(
         "resource limits",
-        "sizes take K, M, G suffixes (powers of 1024); 0 turns a limit off",
+        "sizes take K, M, G suffixes (powers of 1024); 0 turns a limit off; "
+        "all are reloaded on SIGHUP",
     )
     group.add_argument(
         "--bandwidth-rate",
         type=_size,
-        default=d.bandwidth_rate,
+        default=format_size(d.bandwidth_rate),
         metavar="BYTES",
         help="bytes per second read from links and exit connections, for all "
         "circuits together (default 0: unlimited); the advertised --bandwidth "
@@ -148,14 +184,14 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--bandwidth-burst",
         type=_size,
-        default=d.bandwidth_burst,
+        default=format_size(d.bandwidth_burst),
         metavar="BYTES",
         help="bytes that may be read at once after an idle time (default 0: the rate)",
     )
     group.add_argument(
         "--accounting-max",
         type=_size,
-        default=d.accounting_max,
+        default=format_size(d.accounting_max),
         metavar="BYTES",
         help="bytes read per accounting period; once used, new circuits are "
         "refused until the period ends (default 0: no accounting)",
@@ -163,7 +199,7 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--accounting-period",
         type=_period,
-        default=d.accounting_period,
+        default=str(d.accounting_period),
         metavar="PERIOD",
         help="day, week (from Monday), month, or a number of seconds; "
         "aligned to UTC (default month)",
@@ -171,7 +207,7 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-links-per-address",
         type=int,
-        default=d.links_per_address,
+        default=str(d.links_per_address),
         metavar="N",
         help=f"concurrent inbound links from one address (default "
         f"{d.links_per_address})",
@@ -179,7 +215,7 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-new-links-per-second",
         type=float,
-        default=d.new_links_per_second,
+        default=f"{d.new_links_per_second:g}",
         metavar="RATE",
         help=f"new inbound links per second from one address, after a burst of "
         f"--max-links-per-address (default {d.new_links_per_second:g})",
@@ -187,7 +223,7 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-creates-per-second",
         type=float,
-        default=d.creates_per_second,
+        default=f"{d.creates_per_second:g}",
         metavar="RATE",
         help=f"circuit creations per second from one client address; relays "
         f"are exempt (default {d.creates_per_second:g})",
@@ -195,7 +231,7 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-creates-burst",
         type=int,
-        default=d.creates_burst,
+        default=str(d.creates_burst),
         metavar="N",
         help=f"circuit creations one client address may make at once "
         f"(default {d.creates_burst})",
@@ -203,7 +239,7 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--handshake-timeout",
         type=float,
-        default=d.handshake_timeout,
+        default=f"{d.handshake_timeout:g}",
         metavar="SECONDS",
         help=f"time an inbound link has to finish its handshake "
         f"(default {d.handshake_timeout:g})",
@@ -211,10 +247,11 @@ def add_limit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-queued-bytes",
         type=_size,
-        default=d.max_queued_bytes,
+        default=format_size(d.max_queued_bytes),
         metavar="BYTES",
         help="cell bytes queued on all links together; above it the circuits "
-        "holding the most are closed (default 64M)",
+        "holding the most are closed (default "
+        f"{format_size(d.max_queued_bytes)})",
     )
 
 

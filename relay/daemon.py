@@ -8,9 +8,11 @@ calls ``reload()`` on SIGHUP.
 """
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 import trio
 from hopchain.relay.dirclient import AuthorityAddress
@@ -21,7 +23,7 @@ from hopchain.relay.keystore import (
 )
 from hopchain.relay.metrics import check_metrics_address
 from hopchain.relay.net import Network, TcpNetwork, wall_clock
-from hopchain.relay.node import KeyRotation, RelayConfig, RelayNode
+from hopchain.relay.node import RELOADABLE, KeyRotation, RelayConfig, RelayNode
 
 from hopchain.crypto.keys import IdentityKey, OnionKey, fingerprint
 from hopchain.errors import ConfigError
@@ -29,12 +31,23 @@ from hopchain.exitpolicy import ExitPolicy, default_policy, format_ports, parse_
 from hopchain.flags import EXIT_PORTS
 from hopchain.onionrotation import RotationPolicy
 from hopchain.relayconfig import CONFIG_FILE, check_required
-from hopchain.relaylimits import limits_from_args
+from hopchain.relaylimits import LIMIT_OPTIONS, limits_from_args
 from hopchain.safelog import log_event
 
 logger = logging.getLogger(__name__)
 
 IDENTITY_KEY = "identity.key"
+# The options a SIGHUP applies: those behind RelayNode's RELOADABLE fields
+# (the exit policy, the advertised bandwidth and every resource limit), and
+# the daemon's own shutdown grace and log level.  A change to any other
+# option is logged as needing a restart.
+RELOADABLE_OPTIONS: Final = frozenset(
+    {"exit_policy", "exit_policy_file", "exit_ports", "bandwidth"}
+    | set(LIMIT_OPTIONS)
+    | {"shutdown_grace", "log_level"}
+)
+# Namespace entries that are not relay options.
+_NOT_OPTIONS: Final = frozenset({"command", "relay_command", "argv", "config"})
 
 
 def relay_config(args: argparse.Namespace) -> RelayConfig:
@@ -185,22 +198,29 @@ class RelayDaemon:
         except ConfigError as exc:
             logger.error("reload refused, nothing changed: %s", exc)
             return
-        changed = [k for k, v in _fixed_options(args).items() if self._fixed[k] != v]
+        fixed = _fixed_options(args)
+        changed = [k for k, v in fixed.items() if self._fixed.get(k) != v]
         if changed:
             logger.warning(
                 "reload: %s changed; that takes a restart", ", ".join(changed)
             )
         self.grace = args.shutdown_grace
         _set_log_level(args)
-        self.node.reload(config)
+        # Only the reloadable fields: the rest keep their running values
+        # (their changes were named above, as options).
+        self.node.reload(
+            dataclasses.replace(
+                self.node.config, **{f: getattr(config, f) for f in RELOADABLE}
+            )
+        )
 
 
 def _fixed_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options outside ``RelayConfig`` that a reload cannot change."""
+    """The relay options a reload cannot change, by config key."""
     return {
-        "data_dir": args.data_dir,
-        "onion_key_lifetime": args.onion_key_lifetime,
-        "onion_key_grace": args.onion_key_grace,
+        key: value
+        for key, value in vars(args).items()
+        if key not in RELOADABLE_OPTIONS and key not in _NOT_OPTIONS
     }
 
 

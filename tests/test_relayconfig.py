@@ -185,3 +185,42 @@ def test_durations(text: str, seconds: float) -> None:
 def test_bad_durations(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         duration(text)
+
+
+def test_init_writes_every_default_as_the_file_reads_it() -> None:
+    """Limit sizes are written as sizes (``64M``), and every commented-out
+    line, uncommented, gives the option's default (or a valid example)."""
+    parser = cli.build_parser()
+    init = subparser(parser, ["relay", "init"])
+    text = render_config(init, {}, title="t")
+    assert '# max_queued_bytes = "64M"' in text
+    assert "# bandwidth_rate = 0" in text
+    assert '# accounting_period = "month"' in text
+    assert "# max_creates_per_second = 20" in text
+    assert "# metrics_port = 9052" in text
+    defaults = load("")
+    keys = config_keys(subparser(cli.build_parser(), ["relay"]))
+    for line in text.splitlines():
+        key, sep, value = line.removeprefix("# ").partition(" = ")
+        if not sep or value in ('""', "[]"):
+            continue  # no default, no example
+        args = load(f"{key} = {value}")
+        examples = ("address", "metrics_port", "exit_policy", "exit_policy_file")
+        if key not in (*examples, "exit_ports"):
+            assert getattr(args, keys[key].dest) == getattr(defaults, keys[key].dest)
+    assert load('exit_ports = "80,443"').exit_ports == ((80, 80), (443, 443))
+
+
+@pytest.mark.parametrize("value", ['"64M"', '"64 MiB"', "67108864"])
+def test_sizes_are_strings_or_integers(value: str) -> None:
+    args = load(f"max_queued_bytes = {value}\nbandwidth_rate = {value}")
+    assert args.max_queued_bytes == args.bandwidth_rate == 64 * 1024 * 1024
+
+
+def test_one_exit_policy_option_in_the_file_and_the_command_line_wins() -> None:
+    with pytest.raises(ConfigError, match="line 3: exit_ports: not together with"):
+        load('exit = true\nexit_policy = "accept *:80"\nexit_ports = "80"\n')
+    args = load('exit_policy = "reject *:*"', ["--exit-ports", "443"])
+    assert (args.exit_policy, args.exit_ports) == (None, ((443, 443),))
+    args = load('exit_policy = "reject *:*"')
+    assert (args.exit_policy, args.exit_ports) == ("reject *:*", None)

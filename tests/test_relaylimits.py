@@ -6,9 +6,11 @@ import pytest
 
 from hopchain.errors import ConfigError
 from hopchain.relaylimits import (
+    LIMIT_OPTIONS,
     MIB,
     RelayLimits,
     add_limit_options,
+    format_size,
     limits_from_args,
     parse_size,
 )
@@ -116,3 +118,18 @@ def test_malformed_values_are_argparse_errors() -> None:
     for argv in (("--bandwidth-rate", "fast"), ("--accounting-period", "year")):
         with pytest.raises(SystemExit):
             parse(*argv)
+
+
+def test_limit_options_names_every_option() -> None:
+    parser = argparse.ArgumentParser(add_help=False)
+    add_limit_options(parser)
+    assert tuple(a.dest for a in parser._actions) == LIMIT_OPTIONS
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0"), (1000, "1000"), (1024, "1K"), (64 * MIB, "64M"), (1536 * MIB, "1536M")],
+)
+def test_format_size_reads_back(size: int, text: str) -> None:
+    assert format_size(size) == text
+    assert parse_size(text) == size

@@ -42,7 +42,7 @@ async def test_an_exit_dying_before_connected_is_retried_on_a_new_circuit(
     with trio.fail_after(30):
         first = await manager.circuit_for(port, key)
     exit = _relay_of(testnet, first.exit.identity)
-    honest: Callable[[str, int], Awaitable[object]] = exit.connect_to_destination
+    honest: Callable[[str, int], Awaitable[object]] = exit.exit.connect_to_destination
     calls = []
 
     async def die_once(host: str, port: int) -> object:
@@ -52,7 +52,7 @@ async def test_an_exit_dying_before_connected_is_retried_on_a_new_circuit(
             await trio.sleep_forever()
         return await honest(host, port)
 
-    exit.connect_to_destination = die_once  # type: ignore[method-assign,assignment]
+    exit.exit.connect_to_destination = die_once  # type: ignore[method-assign,assignment]
     with caplog.at_level(logging.INFO), trio.fail_after(30):
         handle, stream = await manager.open_stream("127.0.0.1", port, key)
         async with stream:

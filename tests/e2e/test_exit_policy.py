@@ -23,7 +23,7 @@ from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay import dirclient
 from hopchain.relay.authority import AuthorityNode
 from hopchain.relay.dirclient import AuthorityAddress
-from hopchain.relay.net import TcpNetwork, wall_clock
+from hopchain.relay.net import Network, TcpNetwork, wall_clock
 from hopchain.relay.node import RelayConfig, RelayNode
 
 from hopchain.crypto.keys import IdentityKey, OnionKey
@@ -81,12 +81,20 @@ PTR_NAMES = {
 }
 
 
-def _exit(test_network: bool) -> RelayNode:
+def _exit(test_network: bool, network: Network | None = None) -> RelayNode:
+    """An exit relay, not serving, whose relay port is 9001."""
     config = RelayConfig(
-        nickname="exit", address="127.0.0.9", exit=True, test_network=test_network
+        nickname="exit",
+        address="127.0.0.9",
+        port=9001,
+        exit=True,
+        test_network=test_network,
     )
     return RelayNode(
-        config, IdentityKey(seed("x")), OnionKey(seed("y")), NoConnectNetwork()
+        config,
+        IdentityKey(seed("x")),
+        OnionKey(seed("y")),
+        network or NoConnectNetwork(),
     )
 
 
@@ -125,8 +133,7 @@ class NoResolveNetwork(NoConnectNetwork):
 
 
 async def test_ports_the_policy_refuses_are_refused_before_any_lookup() -> None:
-    node = _exit(test_network=True)
-    node.network = NoResolveNetwork()
+    node = _exit(test_network=True, network=NoResolveNetwork())
     node.set_exit_policy(parse_policy("accept *:80, accept *:443, reject *:*"))
     for host in ["127.0.0.1", "name.test"]:
         with trio.fail_after(10), pytest.raises(StreamError) as info:
@@ -148,10 +155,8 @@ class RecordingNetwork(NoConnectNetwork):
 
 
 async def test_set_exit_policy_takes_effect_for_new_streams() -> None:
-    node = _exit(test_network=True)
-    node.port = 9001
     network = RecordingNetwork()
-    node.network = network
+    node = _exit(test_network=True, network=network)
     assert node.exit_policy == ACCEPT_ALL  # a test network's default
     with trio.fail_after(10), pytest.raises(StreamError) as info:
         await node.connect_to_destination("127.0.0.1", 22)
@@ -177,7 +182,6 @@ async def test_set_exit_policy_takes_effect_for_new_streams() -> None:
 
 async def test_the_default_outside_test_networks_is_the_reduced_policy() -> None:
     node = _exit(test_network=False)
-    node.port = 9001
     assert node.exit_policy == default_policy(test_network=False)
     desc = verify_descriptor(node.descriptor(), wall_clock()).descriptor
     assert desc.allows_exit_to(443)
@@ -186,7 +190,6 @@ async def test_the_default_outside_test_networks_is_the_reduced_policy() -> None
 
 async def test_test_network_still_refuses_the_relays_own_port() -> None:
     node = _exit(test_network=True)
-    node.port = 9001
     with trio.fail_after(10), pytest.raises(StreamError) as info:
         await node.connect_to_destination("127.0.0.9", 9001)
     assert info.value.reason == EndReason.EXIT_POLICY
@@ -282,8 +285,7 @@ class HangingNetwork(NoConnectNetwork):
 async def test_resolve_times_out(
     autojump_clock: trio.testing.MockClock, ptr: bool
 ) -> None:
-    node = _exit(test_network=False)
-    node.network = HangingNetwork()
+    node = _exit(test_network=False, network=HangingNetwork())
     query = "192.0.2.1" if ptr else "public.test"
     with trio.fail_after(60), pytest.raises(StreamError) as info:
         await node.resolve_for_client(query, ptr=ptr)
@@ -416,7 +418,7 @@ async def policynet(nursery: trio.Nursery) -> PolicyNet:
 async def test_refused_destinations_get_not_allowed_by_ruleset_and_nothing_is_sent(
     policynet: PolicyNet, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hopchain.relay.node")
+    caplog.set_level(logging.INFO, logger="hopchain.relay.exit")
     targets = [
         "10.0.0.1",
         "169.254.169.254",

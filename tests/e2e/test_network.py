@@ -226,7 +226,7 @@ async def test_dirty_idle_circuits_are_retired(testnet: LoopbackNet) -> None:
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
     assert not any(h.is_open for h in manager._circuits.values())
     # Each relay dropped the destroyed circuit too.
-    assert not any(r._by_prev or r._by_next for r in testnet.relays)
+    assert not any(r.circuits.by_prev or r.circuits.by_next for r in testnet.relays)
 
 
 async def test_expired_consensus_fails_the_stream_not_the_client(

@@ -5,6 +5,7 @@ a given time, ``shutdown``); the subprocess tests run ``hopchain relay
 --config`` as an operator would and signal it.
 """
 
+import logging
 import os
 import re
 import signal
@@ -23,9 +24,11 @@ from hopchain.relay.keystore import OnionKeyFiles
 from hopchain.relay.link import LINK_SETUP_ERRORS, initiate
 from hopchain.relay.net import wall_clock
 from hopchain.relay.node import RelayConfig, RelayNode
+from hopchain.relay.status import parse, scrape
 
 from hopchain.crypto import handshake
 from hopchain.crypto.keys import OnionKey
+from hopchain.directory import verify_descriptor
 from hopchain.errors import PathSelectionError, StreamError
 from hopchain.messages import EndReason
 from hopchain.onionrotation import RotationPolicy
@@ -36,6 +39,7 @@ from .conftest import LoopbackNet, LoopbackOnlyNetwork
 pytestmark = pytest.mark.trio
 
 DAY = 86400.0
+RATE = 64 * 1024  # bytes/s, the bandwidth limit a reload sets
 
 
 async def _link_handshake(node: RelayNode, onion: OnionKey) -> bool:
@@ -144,7 +148,7 @@ async def test_shutdown_ends_live_streams_in_order_and_stops(
                 # An orderly END: EOF, not a broken stream.
                 assert await _read_all(stream) == b""
             await exit_node.stopped.wait()
-    assert not exit_node._by_prev
+    assert not exit_node.circuits.by_prev
     with pytest.raises(OSError, match="failed"):
         await trio.open_tcp_stream(exit_node.config.address, exit_node.port)
 
@@ -225,7 +229,7 @@ async def _relay_process(config: Path) -> AsyncIterator[_Relay]:
             await process.wait()
 
 
-def _init(tmp_path: Path, net: LoopbackNet, grace: str) -> Path:
+def _init(tmp_path: Path, net: LoopbackNet, grace: str, *more: str) -> Path:
     data_dir = tmp_path / "relay"
     _hopchain(
         "relay",
@@ -248,14 +252,38 @@ def _init(tmp_path: Path, net: LoopbackNet, grace: str) -> Path:
         "ZZ",
         "--shutdown-grace",
         grace,
+        *more,
     )
     return data_dir / "relay.toml"
 
 
+async def _bandwidth_hits(relay: _Relay) -> float:
+    """The relay's ``limit_hits_total{limit="bandwidth"}``: reads that waited
+    for the bandwidth bucket."""
+    where = r"metrics on http://127\.0\.0\.1:(\d+)/metrics"  # logged at the start
+    await relay.wait_for_log(where)
+    match = re.search(where.encode(), relay.log)
+    assert match is not None
+    text = await scrape(LoopbackOnlyNetwork(), "127.0.0.1", int(match.group(1)))
+    reading = parse(text, wall_clock())
+    return reading.total("hopchain_relay_limit_hits_total", limit="bandwidth")
+
+
 async def test_sighup_reloads_for_new_streams_and_sigterm_ends_streams_in_order(
-    testnet: LoopbackNet, tmp_path: Path
+    testnet: LoopbackNet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = _init(tmp_path, testnet, grace="0s")
+    config = _init(tmp_path, testnet, "0s", "--metrics-port", "0")
+    republished = trio.Event()
+    publish = testnet.authority._publish
+
+    async def recording_publish(raw: bytes) -> None:
+        await publish(raw)
+        desc = verify_descriptor(raw, wall_clock()).descriptor
+        if desc.nickname == "sub" and desc.exit_ports == ((1, 1000),):
+            assert desc.bandwidth == RATE  # the advertised bandwidth follows
+            republished.set()
+
+    monkeypatch.setattr(testnet.authority, "_publish", recording_publish)
     async with _relay_process(config) as relay:
         with trio.fail_after(90):
             assert (await relay.ready()).startswith("ready 127.0.0.20:")
@@ -267,21 +295,29 @@ async def test_sighup_reloads_for_new_streams_and_sigterm_ends_streams_in_order(
                 )
                 await live.send_all(b"ECHO\nbefore")
                 await _echo_until(live, b"before")
+                assert await _bandwidth_hits(relay) == 0  # unlimited
 
                 text = config.read_text()
                 config.write_text(
                     text.replace('exit_ports = "1-65535"', 'exit_ports = "1-1000"')
+                    + f"bandwidth_rate = {RATE}\n"
                 )
                 relay.process.send_signal(signal.SIGHUP)
-                await relay.wait_for_log("reloaded: exit_policy")
+                await relay.wait_for_log("reloaded: exit_policy, bandwidth, limits")
+                assert b"takes a restart" not in relay.log
+                await republished.wait()  # the new policy's ports, at once
                 with pytest.raises((StreamError, PathSelectionError)) as refused:
                     await client.open_stream(
                         "127.0.0.1", testnet.origin_port, exit_countries=["ZZ"]
                     )
                 if isinstance(refused.value, StreamError):
                     assert refused.value.reason == EndReason.EXIT_POLICY
-                await live.send_all(b"after")  # the stream outlived the reload
-                await _echo_until(live, b"after")
+                # The stream outlived the reload, and its bytes now pass the
+                # new bandwidth bucket: more than a burst makes reads wait.
+                burst = b"x" * (2 * RATE)
+                await live.send_all(burst + b"after")
+                await _echo_until(live, burst + b"after")
+                assert await _bandwidth_hits(relay) > 0
 
                 relay.process.send_signal(signal.SIGTERM)
                 assert await _read_all(live) == b""  # END, not a broken stream
@@ -386,3 +422,38 @@ async def test_reload_applies_reloadable_fields_and_refuses_a_broken_file(
     assert daemon.node.config.port == 9001
     assert "reload: nickname, port changed; that takes a restart" in caplog.text
     assert "reloaded: exit_policy" in caplog.text
+
+    # Every reloadable option at once: applied, and no restart warning.
+    caplog.clear()
+    rules = tmp_path / "policy.txt"
+    rules.write_text("accept *:8080\nreject *:*\n")
+    config.write_text(
+        good
+        + 'exit_policy_file = "policy.txt"\nbandwidth_rate = "1M"\n'
+        + "max_queued_bytes = 8388608\nmax_creates_burst = 5\n"
+        + 'accounting_max = "1G"\naccounting_period = "day"\n'
+        + 'handshake_timeout = 3\nshutdown_grace = "2m"\nlog_level = "debug"\n'
+        + "bandwidth = 5000000\n"
+    )
+    with caplog.at_level("INFO"):
+        daemon.reload()
+        assert logging.getLogger().level == logging.DEBUG
+    assert "takes a restart" not in caplog.text
+    assert "reloaded: exit_policy, bandwidth, limits" in caplog.text
+    assert exit_ports(daemon) == ((8080, 8080),)
+    limits = daemon.node.limits.config
+    assert (limits.bandwidth_rate, limits.max_queued_bytes) == (1 << 20, 8 << 20)
+    assert (limits.creates_burst, limits.handshake_timeout) == (5, 3.0)
+    assert (limits.accounting_max, limits.accounting_period) == (1 << 30, "day")
+    assert daemon.node.limits.budget.cap == 8 << 20
+    assert daemon.node.config.bandwidth == 1 << 20  # lowered to the rate
+    assert daemon.grace == 120.0
+
+    # The file changed under the same option: reloaded too.
+    caplog.clear()
+    rules.write_text("accept *:8443\nreject *:*\n")
+    with caplog.at_level("INFO"):
+        daemon.reload()
+    assert exit_ports(daemon) == ((8443, 8443),)
+    assert "reloaded: exit_policy" in caplog.text
+    assert "takes a restart" not in caplog.text

@@ -20,7 +20,8 @@ import socks
 import trio
 import trio.testing
 from hopchain.client.doctor import report
-from hopchain.relay.node import RelayConfig, RelayNode, _Circuit
+from hopchain.relay.circuit import Circuit
+from hopchain.relay.node import RelayConfig, RelayNode
 
 from hopchain.crypto import onion
 from hopchain.crypto.keys import IdentityKey, OnionKey
@@ -321,7 +322,7 @@ async def test_a_resolve_the_exit_does_not_answer_times_out_at_both_ends(
         await cancelled.wait()
         await trio.testing.wait_all_tasks_blocked()
     for relay in testnet.relays:
-        for circuit in relay._by_prev.values():
+        for circuit in relay.circuits.by_prev.values():
             assert circuit.resolving == {}
             assert not any(s.resolve for s in circuit.core.streams.streams.values())
     manager = testnet.client.manager
@@ -421,7 +422,7 @@ class OneHop:
         self.client = [HopKeys.from_prk(prk)]
         self.link = FakeLink()
         core = RelayCircuit(HopKeys.from_prk(prk), seed("r id"), None)
-        self.circuit = _Circuit(core, self.link, 7)  # type: ignore[arg-type]
+        self.circuit = Circuit(core, self.link, 7)  # type: ignore[arg-type]
 
     def send(self, message: RelayMessage) -> None:
         body = onion.wrap_forward(self.client, encode(message))
@@ -494,7 +495,7 @@ async def test_teardown_cancels_a_pending_resolve(nursery: trio.Nursery) -> None
     with trio.fail_after(10):
         hop.send(Resolve(1, "localhost"))
         await hop.network.started.wait()
-        hop.node._teardown(hop.circuit)
+        hop.node.circuits.teardown(hop.circuit)
     with trio.fail_after(1):
         await hop.network.cancelled.wait()
         await _settle()

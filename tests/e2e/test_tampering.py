@@ -46,7 +46,7 @@ async def test_flipped_bit_is_refused_by_the_next_hop_and_the_circuit_closes(
         (handle,) = [h for h in manager._circuits.values() if h.is_open]
         guard_identity = handle.core.path[0].identity
         guard = next(r for r in testnet.relays if r.identity.public == guard_identity)
-        (circuit,) = guard._by_prev.values()
+        (circuit,) = guard.circuits.by_prev.values()
         honest_forward = circuit.core.forward
 
         def tampering_forward(body: bytes, *, early: bool) -> object:
