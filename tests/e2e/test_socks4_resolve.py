@@ -296,7 +296,9 @@ async def test_socks5_failed_resolve_is_host_unreachable(
 async def test_a_resolve_the_exit_does_not_answer_times_out_at_both_ends(
     testnet: LoopbackNet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hopchain.client.circuits.STREAM_TIMEOUT", 0.5)
+    manager = testnet.client.manager
+    assert manager is not None
+    monkeypatch.setattr(manager.attacher, "stream_timeout", 0.5)
     network = testnet.network
     resolve = network.resolve
     started, cancelled = trio.Event(), trio.Event()
@@ -324,9 +326,7 @@ async def test_a_resolve_the_exit_does_not_answer_times_out_at_both_ends(
         for circuit in relay._by_prev.values():
             assert circuit.resolving == {}
             assert not any(s.resolve for s in circuit.core.streams.streams.values())
-    manager = testnet.client.manager
-    assert manager is not None
-    for handle in manager._circuits.values():
+    for handle in manager.table:
         assert handle.waiting == {}
         assert handle.core.streams.streams == {}
 
