@@ -11,9 +11,13 @@ Guards (``hopchain.guards``): a build that succeeds keeps its guard in the
 set (``after_use``).  A build that fails before the guard answered CREATE
 (the connection, the link handshake, or the CREATE itself timed out)
 counts against the guard (``failed``): it is skipped until its retry time,
-and the set is saved.  A failure further along the path (a middle or exit
-that does not answer) never counts against the guard: a hostile later hop
-must not be able to push a client off its guard.
+and the set is saved.  If the guard's link was already open and nothing at
+all arrived on it while the CREATE waited, the guard has gone silent: the
+link is abandoned, which destroys every circuit on it, so streams on them
+fail at once instead of waiting for their own timeouts.  A failure further
+along the path (a middle or exit that does not answer) never counts
+against the guard: a hostile later hop must not be able to push a client
+off its guard.
 """
 
 import logging
@@ -27,6 +31,7 @@ import trio
 from hopchain.client.handle import ClientCircuitHandle, Reply
 from hopchain.client.links import CircuitTable, GuardLinks
 from hopchain.client.rules import StreamRules, own_countries
+from hopchain.relay.link import Link
 from hopchain.relay.net import wall_clock
 
 from hopchain.buildtime import BuildTimes
@@ -48,9 +53,11 @@ _BUILD_ERRORS = (CircuitError, ProtocolError, OSError, EOFError, trio.TooSlowErr
 
 @dataclass
 class _Progress:
-    """How far a build got: a failure before the first hop answered counts
-    against the guard."""
+    """How far a build got: the guard's link (and what had arrived on it when
+    CREATE went out), and whether the guard answered."""
 
+    link: Link | None = None
+    heard: int = 0
     first_hop_done: bool = False
 
 
@@ -97,7 +104,7 @@ class CircuitBuilder:
                 logger.info("circuit build failed: %s", exc)
                 last = exc
                 if not progress.first_hop_done:
-                    await self._guard_failed(path[0])
+                    await self._guard_failed(path[0], progress)
                 continue
             handle.built_at = trio.current_time()
             handle.fallback = fallback
@@ -145,6 +152,7 @@ class CircuitBuilder:
         specs = [HopSpec(d.identity, d.onion_key, d.address, d.or_port) for d in path]
         with trio.fail_after(self.build_times.timeout):
             link = await self._links.link_to(path[0])
+            progress.link, progress.heard = link, self._links.heard(link)
             core = ClientCircuit()
             handle = ClientCircuitHandle(
                 core,
@@ -188,9 +196,18 @@ class CircuitBuilder:
                 self._rules.guards.after_use(identity, wall_clock(), self._rng)
             )
 
-    async def _guard_failed(self, guard: Descriptor) -> None:
+    async def _guard_failed(self, guard: Descriptor, progress: _Progress) -> None:
         """The guard did not answer: if it is one of our guards, it is
-        skipped until its retry time (see guards.py)."""
+        skipped until its retry time (see guards.py); a link it stayed
+        silent on is abandoned."""
+        link = progress.link
+        if (
+            link is not None
+            and not link.closed
+            and self._links.silent_since(link, progress.heard)
+        ):
+            logger.info("guard %s went silent; closing its link", guard.nickname)
+            await self._links.abandon(link)
         if self._rules.hops >= 2:
             updated = self._rules.guards.failed(guard.identity, wall_clock())
             if updated != self._rules.guards:

@@ -6,15 +6,18 @@ lifecycle, each in its own module:
 - ``hopchain.client.handle``: ``ClientCircuitHandle``, a circuit as the
   shell sees it, and the one-shot ``Reply`` its tasks wait on;
 - ``hopchain.client.links``: one link per guard and its reader task, which
-  hands every cell to its circuit (``CircuitTable``);
+  hands every cell to its circuit (``CircuitTable``), and the silence
+  tracking of links;
 - ``hopchain.client.rules``: the path constraints for a stream (country
   rules, guard set, exits refused by the egress check);
 - ``hopchain.client.building``: path choice, the hop-by-hop build within the
   learned timeout, retries, and what a failed build means for the guard;
 - ``hopchain.client.reuse``: which open circuit a new stream may use
   (dirtiness, isolation, NEWNYM epochs) and the retirement of stale ones;
-- ``hopchain.client.attach``: BEGIN and RESOLVE on a circuit, with the
-  egress check (``hopchain.client.egresscheck``);
+- ``hopchain.client.attach``: BEGIN and RESOLVE on a circuit, the stream
+  timeout rule (a circuit on which a stream got no answer takes no new
+  stream, and the stream is retried once on another), the egress check
+  (``hopchain.client.egresscheck``);
 - ``hopchain.client.ahead``: clean circuits built ahead for predicted ports.
 
 A stream looks for a reusable circuit first and otherwise builds one, one
@@ -88,12 +91,15 @@ class CircuitManager:
         self.builder = CircuitBuilder(
             self.table, self.links, self.rules, consensus, rng, on_guards_changed
         )
-        self.reuse = ReusePolicy(self.table, self.rules, dirtiness=dirtiness)
+        self.reuse = ReusePolicy(
+            self.table, self.links, self.rules, dirtiness=dirtiness
+        )
         self.ahead = PredictedCircuits(
             self.table, self.reuse, self._build_ahead, max_clean=max_clean
         )
         self.attacher = StreamAttacher(
             self.circuit_for,
+            self.links,
             self.reuse,
             EgressChecks(self.rules, geoip),
             self.ahead,
@@ -241,7 +247,8 @@ class CircuitManager:
 
         Data that the exit sends right after CONNECTED is buffered in the
         returned stream, so server-first protocols lose nothing.  The caller
-        closes the stream and then calls ``release``.
+        closes the stream and then calls ``release``.  A stream is tried on
+        at most two circuits (``hopchain.client.attach``).
 
         Raises:
             StreamError: the exit refused or could not connect (with reason),
@@ -254,8 +261,7 @@ class CircuitManager:
         self, query: str, *, ptr: bool, isolation: IsolationKey | None = None
     ) -> list[str]:
         """Have an exit resolve ``query``: a name's addresses, or (``ptr``) an
-        IP address's name.  Waits as ``open_stream`` does, retrying once if
-        the circuit dies first.
+        IP address's name; tried on at most two circuits as ``open_stream``.
 
         Raises:
             StreamError: the exit could not or would not resolve (the

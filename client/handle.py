@@ -49,7 +49,13 @@ CLOSED: Final = object()
 
 @dataclass(eq=False)
 class ClientCircuitHandle:
-    """A circuit as the client shell sees it."""
+    """A circuit as the client shell sees it.
+
+    ``unusable`` marks a circuit that takes no new stream any more because a
+    stream on it got no answer in time (Tor's
+    ``mark_circuit_unusable_for_new_conns``); its open streams go on, and it
+    is destroyed once they have ended.
+    """
 
     core: ClientCircuit
     link: Link
@@ -65,6 +71,7 @@ class ClientCircuitHandle:
     isolation: IsolationKey | None = None
     epoch: int = 0
     fallback: bool = False
+    unusable: bool = False
     on_overflow: Callable[["ClientCircuitHandle"], None] | None = None
 
     def forget_if_ended(self, stream_id: int) -> None:
@@ -86,6 +93,7 @@ class ClientCircuitHandle:
         return (
             self.is_open
             and self.dirty_since is None
+            and not self.unusable
             and now - self.built_at < CLEAN_LIFETIME
         )
 

@@ -14,6 +14,15 @@ synchronously:
   to the stream; SENDME fires the circuit's credit signal;
 - TRUNCATED, DESTROY or a ``ProtocolError`` destroy the circuit; when the
   link ends, every circuit on it is destroyed.
+
+**Silence.**  A guard that goes silent (power cut, partition) sends no reset
+and no end of stream, so the link stays open.  ``heard(link)`` is a mark
+(the bytes received so far); a link is silent since a mark while nothing
+has arrived on it.  ``suspect`` flags a link that stayed silent through a
+whole stream attempt: circuits on it are not reused while it stays silent,
+so the next circuit is built, and its CREATE on the same link tests the
+guard (``hopchain.client.building``).  Any byte from the guard clears the
+flag.  ``abandon`` closes a link the guard did not answer on.
 """
 
 import logging
@@ -107,6 +116,7 @@ class GuardLinks:
         self._nursery = nursery
         self._links: dict[bytes, Link] = {}
         self._lock = trio.Lock()
+        self._suspect: dict[Link, int] = {}
 
     def __iter__(self) -> Iterator[Link]:
         """The open links (a snapshot)."""
@@ -133,12 +143,53 @@ class GuardLinks:
             self._nursery.start_soon(self._run, link)
             return link
 
+    # --- silence -------------------------------------------------------------
+
+    @staticmethod
+    def heard(link: Link) -> int:
+        """A mark for ``silent_since``: the bytes received on the link so far."""
+        return link.traffic.bytes_received
+
+    @staticmethod
+    def silent_since(link: Link, mark: int) -> bool:
+        """Whether nothing has arrived on the link since ``mark``."""
+        return link.traffic.bytes_received == mark
+
+    def suspect(self, link: Link) -> None:
+        """The link has been silent for a whole stream attempt: do not reuse
+        its circuits until something arrives on it."""
+        if not link.closed:
+            self._suspect[link] = link.traffic.bytes_received
+
+    def is_suspect(self, link: Link) -> bool:
+        """Flagged by ``suspect`` and silent since."""
+        mark = self._suspect.get(link)
+        if mark is None:
+            return False
+        if link.closed or not self.silent_since(link, mark):
+            del self._suspect[link]
+            return False
+        return True
+
+    async def abandon(self, link: Link) -> None:
+        """Close a link whose guard stopped answering, and every circuit on
+        it (their streams are aborted)."""
+        for handle in self._table.on_link(link):
+            self._table.destroy(handle, notify=False)
+        for identity, known in list(self._links.items()):
+            if known is link:
+                del self._links[identity]
+        self._suspect.pop(link, None)
+        with trio.CancelScope(shield=True):
+            await link.aclose()
+
     # --- the reader ----------------------------------------------------------
 
     async def _run(self, link: Link) -> None:
         try:
             await link.serve(partial(self._handle_cell, link))
         finally:
+            self._suspect.pop(link, None)
             for handle in self._table.on_link(link):
                 self._table.destroy(handle, notify=False)
 

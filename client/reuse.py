@@ -2,18 +2,19 @@
 
 A new stream reuses an open circuit whose exit accepts its port and its
 country constraints, that was built since the last NEWNYM, is unused or
-bound to the stream's isolation key, and is not stale (``stale``).  Circuits already
+bound to the stream's isolation key, does not run on a link suspected dead
+(``GuardLinks.is_suspect``), and is not stale (``stale``).  Circuits already
 in use come first (as in Tor, to keep clean ones for later), newest first.
 
 A stale circuit takes no new stream and is destroyed once idle
 (``retire_idle``): first used a dirtiness period ago (Tor's
 MaxCircuitDirtiness), clean for ``CLEAN_LIFETIME``, built before the last
-NEWNYM, or through an exit the egress check refused for the client's
-standing rules.
+NEWNYM, through an exit the egress check refused for the client's standing
+rules, or marked unusable after a stream on it got no answer.
 """
 
 from hopchain.client.handle import CLEAN_LIFETIME, ClientCircuitHandle
-from hopchain.client.links import CircuitTable
+from hopchain.client.links import CircuitTable, GuardLinks
 from hopchain.client.rules import StreamRules
 
 from hopchain.isolation import IsolationKey
@@ -25,11 +26,13 @@ class ReusePolicy:
     def __init__(
         self,
         table: CircuitTable,
+        links: GuardLinks,
         rules: StreamRules,
         *,
         dirtiness: float,
     ) -> None:
         self._table = table
+        self._links = links
         self._rules = rules
         self.dirtiness = dirtiness
         self.epoch = 0
@@ -40,7 +43,7 @@ class ReusePolicy:
 
     def stale(self, handle: ClientCircuitHandle, now: float) -> bool:
         """Retired for new streams (see the module docstring)."""
-        if handle.epoch != self.epoch:
+        if handle.epoch != self.epoch or handle.unusable:
             return True
         if handle.exit.identity in self._rules.refused_for_standing_rules():
             return True
@@ -64,6 +67,7 @@ class ReusePolicy:
                 and handle.exit.identity not in constraints.avoid_exits
                 and (port is None or handle.exit.allows_exit_to(port))
                 and handle.isolation in (None, isolation)
+                and not self._links.is_suspect(handle.link)
                 and self._rules.exit_fits(handle, constraints, isolation)
             ):
                 return handle

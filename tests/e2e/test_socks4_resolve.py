@@ -318,7 +318,8 @@ async def test_a_resolve_the_exit_does_not_answer_times_out_at_both_ends(
         assert started.is_set()
         assert reply == b"\x05\x00" + b"\x05\x06\x00\x01" + bytes(6)  # TTL expired
     # The client's END(TIMEOUT) reached the exit, which dropped the lookup
-    # (long before the exit's own 20 s deadline would have).
+    # (long before the exit's own 20 s deadline would have), on both
+    # circuits the lookup was tried on.
     with trio.fail_after(5):
         await cancelled.wait()
         await trio.testing.wait_all_tasks_blocked()
