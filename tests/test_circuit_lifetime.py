@@ -49,21 +49,21 @@ async def test_dirtiness_is_ten_minutes_from_the_first_stream() -> None:
     async with trio.open_nursery() as nursery:
         manager = _manager(nursery)
         handle = _handle(built_at=0.0)
-        assert not manager._stale(handle, 3000.0)  # clean: an hour to be used
+        assert not manager.reuse.stale(handle, 3000.0)  # clean: an hour to be used
         handle.attach(3000.0)
         handle.attach(3100.0)  # only the first stream counts
-        assert not manager._stale(handle, 3000.0 + 599.0)
-        assert manager._stale(handle, 3000.0 + 600.0)
+        assert not manager.reuse.stale(handle, 3000.0 + 599.0)
+        assert manager.reuse.stale(handle, 3000.0 + 600.0)
 
 
 async def test_clean_circuits_age_out_and_newnym_retires_everything() -> None:
     async with trio.open_nursery() as nursery:
         manager = _manager(nursery)
         clean = _handle(built_at=100.0)
-        assert not manager._stale(clean, 100.0 + CLEAN_LIFETIME - 1)
-        assert manager._stale(clean, 100.0 + CLEAN_LIFETIME)
+        assert not manager.reuse.stale(clean, 100.0 + CLEAN_LIFETIME - 1)
+        assert manager.reuse.stale(clean, 100.0 + CLEAN_LIFETIME)
         used = _handle(built_at=100.0)
         used.attach(150.0)
         manager.newnym()
-        assert manager._stale(clean, 101.0)
-        assert manager._stale(used, 151.0)
+        assert manager.reuse.stale(clean, 101.0)
+        assert manager.reuse.stale(used, 151.0)

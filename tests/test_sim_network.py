@@ -75,7 +75,7 @@ def test_killing_relays_raises_failures_then_the_network_recovers() -> None:
     assert len(dead) == 2
 
 
-def test_a_vanished_relay_makes_streams_time_out() -> None:
+def test_a_vanished_relay_is_noticed_by_timeouts_and_streams_move_on() -> None:
     params = NetworkParams(
         relays=6,
         clients=6,
@@ -90,9 +90,14 @@ def test_a_vanished_relay_makes_streams_time_out() -> None:
     after = [t for t in result.transfers if t.end >= 90]
     assert len(before) > 50
     assert all(t.ok for t in before)
-    # Nothing tells the neighbours: streams on circuits through the silent
-    # relays wait for their timeouts instead of failing at once.
-    assert sum(t.error in ("StreamError:TIMEOUT", "timeout") for t in after) > 5
+    # Nothing tells the neighbours: downloads in flight through the silent
+    # relays stall until the workload's deadline ("timeout").  A new stream
+    # that gets no CONNECTED is retried on another circuit, so (with the
+    # rare exception of a retry through the other silent relay) none fails
+    # with StreamError:TIMEOUT, as all of them did before the retry.
+    assert sum(t.error == "timeout" for t in after) >= 1
+    assert sum(t.error == "StreamError:TIMEOUT" for t in after) <= 1
+    assert sum(t.ok for t in after) > 10
     assert [what for _, what in result.events] == ["vanish r1", "vanish r2"]
 
 

@@ -10,7 +10,8 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-import hopchain.client.circuits as client_circuits
+import hopchain.client.building as client_building
+import hopchain.client.reuse as client_reuse
 import pytest
 from hopchain.simulations.paths import engine
 from hopchain.simulations.paths.adversary import AdversarySpec
@@ -140,11 +141,11 @@ def test_the_simulation_runs_the_clients_own_path_selection_and_guards(
     tor_file: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The very objects the client imports are the ones the engine calls.
-    assert engine.select_path is client_circuits.select_path
-    assert engine.is_dirty is client_circuits.is_dirty
-    assert engine.GuardSet is client_circuits.GuardSet
+    assert engine.select_path is client_building.select_path
+    assert engine.is_dirty is client_reuse.is_dirty
+    assert engine.GuardSet is client_building.GuardSet
     # may_carry is the client's two reuse rules, is_dirty and exit_accepts.
-    assert client_circuits.exit_accepts is hopchain.reuse.exit_accepts
+    assert client_reuse.exit_accepts is hopchain.reuse.exit_accepts
     params = fixed_params(tor_file, users=20)
     baseline = run_task(Task(params, 4, 0, 20))
     calls: list[int] = []

@@ -82,7 +82,7 @@ async def test_requests_need_the_cookie_and_circuits_lists_every_hop(
     (text,) = listed
     manager = net.client.manager
     assert manager is not None
-    used = next(h for h in manager._circuits.values() if h.dirty_since is not None)
+    used = next(h for h in manager.table if h.dirty_since is not None)
     assert f"circuit {used.circ_id:08x}: in use, 1 stream, " in text
     by_identity = {r.identity.public: r for r in net.relays}
     for position, descriptor in zip(

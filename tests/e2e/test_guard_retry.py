@@ -39,10 +39,10 @@ async def test_an_unreachable_guard_waits_for_its_retry_and_the_next_is_used(
     (first,) = manager.guards.guards  # the warm-up circuit's guard
     guard = next(r for r in testnet.relays if r.identity.public == first.identity)
     manager.close_all()
-    for link in list(manager._links.values()):
+    for link in list(manager.links):
         await link.aclose()
     blocked = _Unreachable(testnet.network, guard.config.address)
-    manager._network = blocked  # type: ignore[assignment]
+    manager.links.network = blocked
     with trio.fail_after(30):
         handle, stream = await manager.open_stream(
             "127.0.0.1", testnet.origin_port, IsolationKey("api", b"alice")

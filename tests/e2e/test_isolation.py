@@ -44,7 +44,7 @@ def _circuit_of_session(
             name = None if username is None else username.encode()
             seen.extend(
                 handle.circ_id
-                for handle in manager._circuits.values()
+                for handle in manager.table
                 if handle.streams
                 and handle.isolation is not None
                 and handle.isolation.username == name

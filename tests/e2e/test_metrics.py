@@ -96,7 +96,7 @@ async def test_counters_move_by_the_traffic_of_one_circuit(
     # and build none ahead for the port it uses.
     manager.max_clean = 0
     manager.newnym()
-    manager._retire_idle(trio.current_time())
+    manager.reuse.retire_idle(trio.current_time())
     with trio.fail_after(30):
         before = {
             r: await scrape_until(r, lambda s: value(s, "open_circuits") == 0)

@@ -219,12 +219,12 @@ async def test_ipv6_target_by_address_type_4(
 async def test_dirty_idle_circuits_are_retired(testnet: LoopbackNet) -> None:
     manager = testnet.client.manager
     assert manager is not None
-    manager._dirtiness = 0.0  # every circuit is dirty as soon as it is used
+    manager.reuse.dirtiness = 0.0  # every circuit is dirty as soon as it is used
     manager.max_clean = 0  # and none is built ahead for the port just used
     with trio.fail_after(30):
         await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
         await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-    assert not any(h.is_open for h in manager._circuits.values())
+    assert not any(h.is_open for h in manager.table)
     # Each relay dropped the destroyed circuit too.
     assert not any(r.circuits.by_prev or r.circuits.by_next for r in testnet.relays)
 
@@ -236,7 +236,7 @@ async def test_expired_consensus_fails_the_stream_not_the_client(
     assert manager is not None
     fresh = testnet.client._consensus
     assert fresh is not None
-    manager._dirtiness = 0.0  # every stream needs a new circuit, so a consensus
+    manager.reuse.dirtiness = 0.0  # every stream needs a new circuit, so a consensus
     manager.max_clean = 0  # (none is built ahead, and the clean ones are gone)
     manager.close_all()
     testnet.client._consensus = dataclasses.replace(fresh, valid_until=0.0)
@@ -321,7 +321,7 @@ async def test_late_data_after_the_destination_closed_keeps_the_circuit(
     assert [c["id"] for c in manager.describe()] == [before]
     # Nothing is left registered, and no credit went missing: what is not yet
     # credited is less than the quarter window that SENDMEs are batched in.
-    handle = next(iter(manager._circuits.values()))
+    handle = next(iter(manager.table))
     assert handle.streams == {}
     assert handle.core.streams.send.unacked < CIRCUIT_WINDOW // 4
     assert handle.core.streams.receive.outstanding < CIRCUIT_WINDOW // 4

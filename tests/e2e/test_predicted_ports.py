@@ -29,7 +29,7 @@ async def test_a_port_just_used_gets_a_fresh_circuit_before_the_next_stream(
             now = trio.current_time()
             return [
                 h
-                for h in manager._circuits.values()
+                for h in manager.table
                 if h.is_clean_at(now) and h.exit.allows_exit_to(port) and h is not first
             ]
 

@@ -297,7 +297,9 @@ async def test_socks5_failed_resolve_is_host_unreachable(
 async def test_a_resolve_the_exit_does_not_answer_times_out_at_both_ends(
     testnet: LoopbackNet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hopchain.client.circuits.STREAM_TIMEOUT", 0.5)
+    manager = testnet.client.manager
+    assert manager is not None
+    monkeypatch.setattr(manager.attacher, "stream_timeout", 0.5)
     network = testnet.network
     resolve = network.resolve
     started, cancelled = trio.Event(), trio.Event()
@@ -317,7 +319,8 @@ async def test_a_resolve_the_exit_does_not_answer_times_out_at_both_ends(
         assert started.is_set()
         assert reply == b"\x05\x00" + b"\x05\x06\x00\x01" + bytes(6)  # TTL expired
     # The client's END(TIMEOUT) reached the exit, which dropped the lookup
-    # (long before the exit's own 20 s deadline would have).
+    # (long before the exit's own 20 s deadline would have), on both
+    # circuits the lookup was tried on.
     with trio.fail_after(5):
         await cancelled.wait()
         await trio.testing.wait_all_tasks_blocked()
@@ -325,9 +328,7 @@ async def test_a_resolve_the_exit_does_not_answer_times_out_at_both_ends(
         for circuit in relay.circuits.by_prev.values():
             assert circuit.resolving == {}
             assert not any(s.resolve for s in circuit.core.streams.streams.values())
-    manager = testnet.client.manager
-    assert manager is not None
-    for handle in manager._circuits.values():
+    for handle in manager.table:
         assert handle.waiting == {}
         assert handle.core.streams.streams == {}
 

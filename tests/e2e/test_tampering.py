@@ -43,7 +43,7 @@ async def test_flipped_bit_is_refused_by_the_next_hop_and_the_circuit_closes(
 
     def tamper() -> None:
         """Make the guard flip one bit of every cell it forwards from now on."""
-        (handle,) = [h for h in manager._circuits.values() if h.is_open]
+        (handle,) = [h for h in manager.table if h.is_open]
         guard_identity = handle.core.path[0].identity
         guard = next(r for r in testnet.relays if r.identity.public == guard_identity)
         (circuit,) = guard.circuits.by_prev.values()
