@@ -23,6 +23,7 @@ from bisect import bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import accumulate
 from typing import Final
 
@@ -36,8 +37,12 @@ _CACHE_SIZE: Final = 4
 _POOLS: Final = 32
 
 
+@lru_cache(maxsize=1 << 16)
 def subnet(address: str) -> str:
-    """The IPv4 /16 or IPv6 /32 of ``address`` (IPv4-mapped counts as IPv4)."""
+    """The IPv4 /16 or IPv6 /32 of ``address`` (IPv4-mapped counts as IPv4).
+
+    Cached: relays keep their addresses from one consensus to the next, and
+    parsing them was most of the cost of preparing a consensus."""
     ip = normalise(address)
     prefix = 16 if ip.version == 4 else 32
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
