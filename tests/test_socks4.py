@@ -2,7 +2,6 @@
 
 import ipaddress
 import string
-from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given
@@ -18,8 +17,10 @@ from hopchain.socks4 import (
 )
 from hopchain.socks5 import Action, ConnectRequest, ResolveRequest
 
+from .socks_drive import EARLY_DATA, MODES, Outcome, splits
+from .socks_drive import drive as drive_parser
+
 NAME_ALPHABET = string.ascii_letters + string.digits + ".-_"
-EARLY_DATA = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 
 
 def request(
@@ -33,45 +34,10 @@ def request(
 SOCKS4A_IP = bytes([0, 0, 0, 1])
 
 
-@dataclass
-class Outcome:
-    """Everything the parser produced for one input."""
-
-    actions: list[Action] = field(default_factory=list)
-    error: int | str | None = "no error"
-    remaining: bytes = b""
-
-
 def drive(chunks: list[bytes], required: tuple[bytes, bytes] | None = None) -> Outcome:
-    """Feed ``chunks`` one by one, acting on each step as a shell would."""
-    server = Socks4Server(required)
-    outcome = Outcome()
-    finished = False
-    for chunk in chunks:
-        server.receive_data(chunk)
-        while not finished:
-            try:
-                action = server.next_action()
-            except Socks4Error as exc:
-                outcome.error = exc.reply_code
-                return outcome
-            if action is None:
-                break
-            outcome.actions.append(action)
-            finished = action.close or action.request is not None
-    outcome.remaining = server.take_remaining()
-    return outcome
+    """Feed ``chunks`` to a SOCKS4 parser (``required``: credentials)."""
+    return drive_parser(Socks4Server(required), chunks)
 
-
-def splits(data: bytes) -> dict[str, list[bytes]]:
-    return {
-        "whole": [data],
-        "byte by byte": [data[i : i + 1] for i in range(len(data))],
-        "with trailing data": [data + EARLY_DATA],
-    }
-
-
-MODES = ["whole", "byte by byte", "with trailing data"]
 
 SUCCESS_CASES = [
     pytest.param(

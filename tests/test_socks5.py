@@ -2,7 +2,6 @@
 
 import ipaddress
 import string
-from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import given
@@ -23,11 +22,13 @@ from hopchain.socks5 import (
     reply_for_end,
 )
 
+from .socks_drive import EARLY_DATA, MODES, Outcome, splits
+from .socks_drive import drive as drive_parser
+
 GREET_NO_AUTH = b"\x05\x01\x00"
 GREET_USERPASS = b"\x05\x01\x02"
 AUTH = b"\x01\x04user\x06secret"
 DOMAIN_ALPHABET = string.ascii_letters + string.digits + ".-_"
-EARLY_DATA = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
 
 
 def connect(atyp: int, address: bytes, port: int, command: int = 1) -> bytes:
@@ -38,42 +39,9 @@ def domain(name: bytes) -> bytes:
     return bytes([len(name)]) + name
 
 
-@dataclass
-class Outcome:
-    """Everything the parser produced for one input."""
-
-    actions: list[Action] = field(default_factory=list)
-    error: int | str | None = "no error"
-    remaining: bytes = b""
-
-
 def drive(chunks: list[bytes]) -> Outcome:
-    """Feed ``chunks`` one by one, acting on each step as a shell would."""
-    server = Socks5Server()
-    outcome = Outcome()
-    finished = False
-    for chunk in chunks:
-        server.receive_data(chunk)
-        while not finished:
-            try:
-                action = server.next_action()
-            except Socks5Error as exc:
-                outcome.error = exc.reply_code
-                return outcome
-            if action is None:
-                break
-            outcome.actions.append(action)
-            finished = action.close or action.request is not None
-    outcome.remaining = server.take_remaining()
-    return outcome
-
-
-def splits(data: bytes, trailing: bytes = EARLY_DATA) -> dict[str, list[bytes]]:
-    return {
-        "whole": [data],
-        "byte by byte": [data[i : i + 1] for i in range(len(data))],
-        "with trailing data": [data + trailing],
-    }
+    """Feed ``chunks`` to a SOCKS5 parser."""
+    return drive_parser(Socks5Server(), chunks)
 
 
 NO_AUTH_OK = Action(reply=b"\x05\x00")
@@ -270,8 +238,6 @@ FAILURE_CASES = [
         id="non-ascii domain",
     ),
 ]
-
-MODES = ["whole", "byte by byte", "with trailing data"]
 
 
 @pytest.mark.parametrize("mode", MODES)
