@@ -98,11 +98,14 @@ def test_fresh_guard_per_circuit_compromise_rate_is_f_times_g(tor_file: str) -> 
     result = run_task(Task(params, 11, 0, params.users))
     assert result.guard_share == pytest.approx(f, abs=1e-6)
     assert result.exit_share == pytest.approx(g, abs=1e-6)
+    # The analytic rate is the product of the adversary's shares of guard
+    # and exit *selection* weight (bandwidth times Tor's position weights).
+    expected = result.guard_selection_share * result.exit_selection_share
     circuits = sum(result.circuits)
     rate = sum(result.compromised_circuits) / circuits
-    error = math.sqrt(f * g * (1 - f * g) / circuits)
+    error = math.sqrt(expected * (1 - expected) / circuits)
     assert circuits > 2000
-    assert abs(rate - f * g) < 4 * error, (rate, f * g, error)
+    assert abs(rate - expected) < 4 * error, (rate, expected, error)
 
 
 def test_without_rotation_compromise_rate_is_f_times_g(tor_file: str) -> None:
@@ -117,10 +120,11 @@ def test_without_rotation_compromise_rate_is_f_times_g(tor_file: str) -> None:
     )
     result = run_task(Task(params, 12, 0, params.users))
     n, c = result.circuits, result.compromised_circuits
+    expected = result.guard_selection_share * result.exit_selection_share
     rate = sum(c) / sum(n)
     residuals = sum((ci - rate * ni) ** 2 for ci, ni in zip(c, n, strict=True))
     error = math.sqrt(residuals) / sum(n)
-    assert abs(rate - f * g) < 4 * error, (rate, f * g, error)
+    assert abs(rate - expected) < 4 * error, (rate, expected, error)
     # Persistent guards: a user's circuits are all or mostly compromised-
     # capable or not; most users never had an adversary guard.
     never = sum(1 for ci in c if ci == 0) / len(c)

@@ -17,6 +17,7 @@ A circuit is compromised when its first and last hop both belong to the
 adversary (with one hop, that one relay), as in TorPS.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -24,6 +25,8 @@ from hopchain.simulations.paths.synthetic import identity_for
 
 from hopchain.directory import Consensus, Descriptor, RouterStatus
 from hopchain.errors import ConfigError
+from hopchain.pathpool import usable_exit
+from hopchain.weights import Position, consensus_weights, position_weight
 
 ALL_PORTS: Final = ((1, 65535),)
 GUARD_FLAGS: Final = frozenset({"Running", "Valid", "Fast", "Stable", "Guard"})
@@ -158,6 +161,37 @@ def bandwidth_shares(
     """The adversary's share of running guard bandwidth and of running exit
     bandwidth (Exit, not BadExit) in ``consensus``."""
     return _share(consensus, members, "Guard"), _share(consensus, members, "Exit")
+
+
+def selection_shares(
+    consensus: Consensus, members: frozenset[bytes]
+) -> tuple[float, float]:
+    """The adversary's share of the guard and of the exit *selection* weight
+    in ``consensus``: bandwidth times Tor's position weight
+    (``hopchain.weights``), over the relays path selection draws guards and
+    exits from.  With the position weights, an exit-only relay weighs more
+    in the exit position than an exit that is also a guard, so these differ
+    from ``bandwidth_shares``; their product is the expected fraction of
+    compromised circuits when guards are drawn fresh."""
+    weights = consensus_weights(consensus)
+
+    def share(position: Position, eligible: Callable[[RouterStatus], bool]) -> float:
+        total = owned = 0
+        for r in consensus.relays:
+            if "Running" not in r.flags or not eligible(r):
+                continue
+            weight = max(1, r.descriptor.bandwidth) * position_weight(
+                r, position, weights
+            )
+            total += weight
+            if r.descriptor.identity in members:
+                owned += weight
+        return owned / total if total else 0.0
+
+    return (
+        share(Position.GUARD, lambda r: "Guard" in r.flags),
+        share(Position.EXIT, lambda r: usable_exit(r, None)),
+    )
 
 
 def _share(consensus: Consensus, members: frozenset[bytes], flag: str) -> float:

@@ -25,6 +25,7 @@ from hopchain.simulations.paths.adversary import (
     Adversary,
     AdversarySpec,
     bandwidth_shares,
+    selection_shares,
 )
 from hopchain.simulations.paths.networks import NetworkSpec, open_schedule, period_count
 from hopchain.simulations.paths.synthetic import DAY
@@ -91,6 +92,8 @@ class ChunkResult:
     exit_users: dict[str, int] = field(default_factory=dict)
     guard_share: float = 0.0
     exit_share: float = 0.0
+    guard_selection_share: float = 0.0
+    exit_selection_share: float = 0.0
     relays: int = 0
     periods: int = 0
     seconds: float = field(default=0.0, compare=False)
@@ -221,6 +224,8 @@ def run_task(task: Task) -> ChunkResult:
         consensus, members = adversary.apply(raw)
         if index == 0:
             result.guard_share, result.exit_share = bandwidth_shares(consensus, members)
+            shares = selection_shares(consensus, members)
+            result.guard_selection_share, result.exit_selection_share = shares
             result.relays = len(consensus.relays)
         until = min((index + 1) * schedule.period, duration)
         for user in users:

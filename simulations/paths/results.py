@@ -52,6 +52,8 @@ class SeedResult:
     exit_users: dict[str, int]
     guard_share: float
     exit_share: float
+    guard_selection_share: float
+    exit_selection_share: float
     relays: int
     seconds: float = field(compare=False)
     per_user_circuits: list[int] = field(repr=False)
@@ -120,6 +122,8 @@ def merge(chunks: Iterable[ChunkResult], days: float) -> SeedResult:
         exit_users=dict(sorted(exit_users.items())),
         guard_share=ordered[0].guard_share,
         exit_share=ordered[0].exit_share,
+        guard_selection_share=ordered[0].guard_selection_share,
+        exit_selection_share=ordered[0].exit_selection_share,
         relays=ordered[0].relays,
         seconds=sum(c.seconds for c in ordered),
         per_user_circuits=[n for c in ordered for n in c.circuits],
