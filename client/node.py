@@ -256,7 +256,8 @@ class ClientNode:
         )
         log = logger.warning if choice.is_small else logger.info
         log(
-            "country rules leave %d of %d running exits, %.0f%% of exit bandwidth%s",
+            "country rules leave %d of %d running exits, %.0f%% of weighted exit "
+            "bandwidth%s",
             len(choice.matching),
             choice.running_exits,
             100 * choice.bandwidth_share,

@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Fetch and verify the consensus and list the running exits that "
             "satisfy --exit-country / --exclude-country / "
             "--exclude-country-anywhere (and accept --port), with their share "
-            "of exit bandwidth; warns when the set is small enough to single "
+            "of weighted exit bandwidth (as path selection draws exits); warns "
+            "when the set is small enough to single "
             "you out."
         ),
     )
@@ -718,7 +719,7 @@ def _exits(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         )
         print(
             f"{len(choice.matching)} of {choice.running_exits} running exits match, "
-            f"{100 * choice.bandwidth_share:.0f}% of exit bandwidth:"
+            f"{100 * choice.bandwidth_share:.0f}% of weighted exit bandwidth:"
         )
         for d in sorted(choice.matching, key=lambda d: -d.bandwidth):
             ports = ",".join(

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import PathSelectionError
 from hopchain.pathpool import prepared, usable_exit
+from hopchain.weights import Position, consensus_weights, position_weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,14 +164,21 @@ def exit_choice(consensus: Consensus, constraints: PathConstraints) -> ExitChoic
     """The running exits that satisfy ``constraints`` (port and countries).
 
     Returns them with the number of running exits in all and the share of
-    exit bandwidth they hold, so a user can see what a choice costs.
+    exit selection weight they hold (bandwidth times Tor's exit position
+    weight, as ``select_path`` draws exits), so a user can see what a
+    choice costs.
     """
+    weights = consensus_weights(consensus)
     exits = [
-        r.descriptor
+        (
+            r.descriptor,
+            max(1, r.descriptor.bandwidth) * position_weight(r, Position.EXIT, weights),
+        )
         for r in consensus.relays
         if "Running" in r.flags and usable_exit(r, constraints.port)
     ]
-    matching = tuple(d for d in exits if constraints.allows_exit_country(d.country))
-    total = sum(max(1, d.bandwidth) for d in exits)
-    share = sum(max(1, d.bandwidth) for d in matching) / total if total else 0.0
+    chosen = [(d, w) for d, w in exits if constraints.allows_exit_country(d.country)]
+    matching = tuple(d for d, _ in chosen)
+    total = sum(w for _, w in exits)
+    share = sum(w for _, w in chosen) / total if total else 0.0
     return ExitChoice(matching, len(exits), share)

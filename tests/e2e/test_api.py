@@ -181,8 +181,12 @@ async def test_exits_command_lists_the_choice(testnet: LoopbackNet) -> None:
     with trio.fail_after(90):
         everything = await trio.to_thread.run_sync(run)
         only_nl = await trio.to_thread.run_sync(run, "--exit-country", "nl")
-    assert everything.startswith("2 of 2 running exits match, 100% of exit bandwidth")
-    assert only_nl.startswith("1 of 2 running exits match, 50% of exit bandwidth")
+    assert everything.startswith(
+        "2 of 2 running exits match, 100% of weighted exit bandwidth"
+    )
+    assert only_nl.startswith(
+        "1 of 2 running exits match, 50% of weighted exit bandwidth"
+    )
     assert " NL " in only_nl
     assert " DE " not in only_nl
     assert "warning: so few exits" in only_nl
