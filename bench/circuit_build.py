@@ -5,7 +5,7 @@ Builds N fresh 3-hop circuits one after another through the same code the
 client uses (``CircuitManager.build``) and prints the median and p90 build
 time (first CREATE sent to last EXTENDED verified), as JSON on stdout.
 
-    bench/circuit_build.py --authority 127.0.0.1:PORT=KEY --n 20
+    bench/circuit_build.py --authority 127.0.0.1:PORT=KEY [--authority ...] --n 20
 """
 
 import argparse
@@ -21,10 +21,12 @@ from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.net import TcpNetwork
 
 
-async def measure(authority: AuthorityAddress, n: int, hops: int) -> list[float]:
+async def measure(
+    authorities: list[AuthorityAddress], n: int, hops: int
+) -> list[float]:
     network = TcpNetwork()
     node = ClientNode(
-        ClientConfig(authorities=[authority], test_network=True, hops=hops),
+        ClientConfig(authorities=authorities, test_network=True, hops=hops),
         network,
         random.SystemRandom(),
     )
@@ -55,11 +57,18 @@ async def measure(authority: AuthorityAddress, n: int, hops: int) -> list[float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--authority", required=True, metavar="HOST:PORT=KEY")
+    parser.add_argument(
+        "--authority",
+        action="append",
+        required=True,
+        metavar="HOST:PORT=KEY",
+        help="a pinned authority (repeatable: every authority of the network)",
+    )
     parser.add_argument("--n", type=int, default=20)
     parser.add_argument("--hops", type=int, default=3)
     args = parser.parse_args()
-    times = trio.run(measure, AuthorityAddress.parse(args.authority), args.n, args.hops)
+    authorities = [AuthorityAddress.parse(a) for a in args.authority]
+    times = trio.run(measure, authorities, args.n, args.hops)
     ordered = sorted(times)
     result = {
         "n": len(times),

@@ -93,21 +93,25 @@ def main() -> None:
     try:
         deadline = time.monotonic() + 120
         assert demo.stdout is not None
-        authority = ""
+        authorities: list[str] = []
         for line in demo.stdout:
             print(f"demo: {line.rstrip()}", flush=True)
-            if line.startswith("authority:"):
-                authority = line.split()[1]
-                break
             if time.monotonic() > deadline:
                 raise SystemExit("demo did not come up in 120 s")
+            # "authorities:", then one indented HOST:PORT=KEY line each.
+            words = line.split()
+            if authorities and not (line.startswith("  ") and "=" in line):
+                break
+            if line.startswith("  ") and len(words) == 1 and "=" in words[0]:
+                authorities.append(words[0])
+        if not authorities:
+            raise SystemExit("the demo printed no authority lines")
         before = rss_of_nodes(demo.pid)
         builds = subprocess.run(
             [
                 sys.executable,
                 str(ROOT / "bench" / "circuit_build.py"),
-                "--authority",
-                authority,
+                *(f"--authority={a}" for a in authorities),
                 "--n",
                 "20",
             ],
