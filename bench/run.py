@@ -49,7 +49,7 @@ def rss_of_nodes(demo_pid: int) -> dict[str, dict[str, int]]:
         name = role
         if "--nickname" in args:
             name = args[args.index("--nickname") + 1]
-        elif "--data-dir" in args:  # the demo's authorities: one directory each
+        elif role == "authority" and "--data-dir" in args:  # one directory each
             name = Path(args[args.index("--data-dir") + 1]).name
         fields = dict(
             line.split(":", 1) for line in status.splitlines() if line.startswith("Vm")
