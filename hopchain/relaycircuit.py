@@ -126,12 +126,12 @@ class RelayCircuit:
             self._early += 1
             if self._early > MAX_EARLY:
                 raise MessageError(f"more than {MAX_EARLY} relay_early cells")
-        peeled = onion.peel_forward(self.keys, body)
+        payload, stack = onion.open_forward(self.keys, body)
         if self.position is Position.MIDDLE:
-            return Forward(peeled)
+            return Forward(payload + stack)
         if self.position is Position.EXTENDING:
             raise MessageError("cell for a hop that is still extending")
-        message = decode(peeled[: -onion.STACK_BYTES])
+        message = decode(payload)
         match message:
             case Extend(identity=identity):
                 if not early:

@@ -148,8 +148,13 @@ def unwrap_backward(hops: list[HopKeys], body: bytes) -> tuple[int, bytes]:
 # --- relay side ------------------------------------------------------------
 
 
-def peel_forward(hop: HopKeys, body: bytes) -> bytes:
-    """Remove this relay's layer from a forward cell and re-pad the stack.
+def open_forward(hop: HopKeys, body: bytes) -> tuple[bytes, bytes]:
+    """Remove this relay's layer from a forward cell.
+
+    Returns the payload area and the re-padded stack (the tags left plus
+    this hop's pad slot): a relay that forwards the cell sends the two
+    joined, the last hop reads the payload area alone, so it never builds
+    the whole body.
 
     Raises:
         CellAuthError: the layer does not verify.
@@ -160,7 +165,18 @@ def peel_forward(hop: HopKeys, body: bytes) -> bytes:
     payload = aead_open(hop.forward, hop.forward_count, body[:cut], tail)
     pad = keystream(hop.pad, hop.forward_count, SLOT)
     hop.forward_count += 1
-    return payload + tail + pad
+    return payload, tail + pad
+
+
+def peel_forward(hop: HopKeys, body: bytes) -> bytes:
+    """Remove this relay's layer from a forward cell and re-pad the stack:
+    the body to forward (``open_forward`` joined).
+
+    Raises:
+        CellAuthError: the layer does not verify.
+    """
+    payload, stack = open_forward(hop, body)
+    return payload + stack
 
 
 def add_backward(hop: HopKeys, body: bytes) -> bytes:
