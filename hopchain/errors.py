@@ -35,12 +35,17 @@ class FlowControlError(ProtocolError):
     """A peer sent data past its window or acknowledged data never sent."""
 
 
-class Socks5Error(ProtocolError):
-    """A malformed SOCKS5 request; carries the reply code to answer with."""
+class SocksError(ProtocolError):
+    """A malformed SOCKS request; carries the reply code to answer with, or
+    None to close without a reply."""
 
     def __init__(self, message: str, reply_code: int | None) -> None:
         super().__init__(message)
         self.reply_code = reply_code
+
+
+class Socks5Error(SocksError):
+    """A malformed SOCKS5 request (the reply code is a SOCKS5 reply)."""
 
 
 class HttpRequestError(ProtocolError):
@@ -51,13 +56,8 @@ class HttpRequestError(ProtocolError):
         self.status = status
 
 
-class Socks4Error(ProtocolError):
-    """A malformed SOCKS4 or SOCKS4a request; carries the reply code to answer
-    with (0x5B), or None to close without a reply."""
-
-    def __init__(self, message: str, reply_code: int | None) -> None:
-        super().__init__(message)
-        self.reply_code = reply_code
+class Socks4Error(SocksError):
+    """A malformed SOCKS4 or SOCKS4a request (the reply code is 0x5B)."""
 
 
 class CircuitError(HopchainError):

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from hopchain.errors import Socks4Error, Socks5Error
+from hopchain.errors import SocksError
 from hopchain.socks4 import Socks4Server
 from hopchain.socks5 import Action, Socks5Server
 
@@ -30,7 +30,7 @@ def drive(server: Socks4Server | Socks5Server, chunks: list[bytes]) -> Outcome:
         while not finished:
             try:
                 action = server.next_action()
-            except (Socks4Error, Socks5Error) as exc:
+            except SocksError as exc:
                 outcome.error = exc.reply_code
                 return outcome
             if action is None:
