@@ -37,17 +37,12 @@ class EgressChecks:
     ) -> str:
         """Why the stream must not use this exit ("" to go ahead)."""
         constraints = self._rules.constraints(port, isolation)
-        limited = (
-            constraints.exit_countries
-            or constraints.exclude_exit_countries
-            or constraints.exclude_countries_anywhere
-        )
-        if handle.fallback or not limited:
+        key = rule_key(constraints)
+        if handle.fallback or not any(key):
             return ""
         verdict = check_egress(connected.egress, handle.exit, constraints, self._geoip)
         if verdict.ok:
             return ""
-        key = rule_key(constraints)
         if not (self._rules.countries.strict or own_countries(isolation)):
             if (key, handle.exit.identity) not in self._warned:
                 self._warned.add((key, handle.exit.identity))

@@ -19,7 +19,6 @@ Destinations and app addresses appear in logs only as ``[scrubbed]``
 (``hopchain.safelog``), unless the user asked for ``--unsafe-logging``.
 """
 
-import ipaddress
 import logging
 from dataclasses import dataclass, field
 from typing import Final
@@ -39,6 +38,7 @@ from hopchain.errors import (
     Socks5Error,
     StreamError,
 )
+from hopchain.httpproxy import is_ip_literal
 from hopchain.isolation import IsolationRules, isolation_key
 from hopchain.messages import EndReason
 from hopchain.safelog import log_event, sensitive
@@ -214,7 +214,7 @@ class SocksListener:
         request: ResolveRequest,
     ) -> None:
         """Answer RESOLVE / RESOLVE_PTR with what an exit found, then close."""
-        if not request.ptr and _is_ip_literal(request.query):
+        if not request.ptr and is_ip_literal(request.query):
             answers = [request.query]  # an address resolves to itself
         else:
             key = isolation_key(
@@ -256,14 +256,6 @@ def _peer(stream: trio.abc.HalfCloseableStream) -> str:
 
 def _protocol(parser: Socks4Server | Socks5Server) -> str:
     return "socks4" if isinstance(parser, Socks4Server) else "socks5"
-
-
-def _is_ip_literal(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 async def _reply(stream: trio.abc.Stream, protocol: str, code: Reply) -> bool:

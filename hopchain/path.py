@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 from hopchain.directory import Consensus, Descriptor
 from hopchain.errors import PathSelectionError
-from hopchain.pathpool import prepared, usable_exit
-from hopchain.weights import Position, consensus_weights, position_weight
+from hopchain.pathpool import prepared
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,20 +164,16 @@ def exit_choice(consensus: Consensus, constraints: PathConstraints) -> ExitChoic
 
     Returns them with the number of running exits in all and the share of
     exit selection weight they hold (bandwidth times Tor's exit position
-    weight, as ``select_path`` draws exits), so a user can see what a
+    weight: the pools ``select_path`` draws exits from), so a user can see what a
     choice costs.
     """
-    weights = consensus_weights(consensus)
-    exits = [
-        (
-            r.descriptor,
-            max(1, r.descriptor.bandwidth) * position_weight(r, Position.EXIT, weights),
-        )
-        for r in consensus.relays
-        if "Running" in r.flags and usable_exit(r, constraints.port)
-    ]
-    chosen = [(d, w) for d, w in exits if constraints.allows_exit_country(d.country)]
-    matching = tuple(d for d, _ in chosen)
-    total = sum(w for _, w in exits)
-    share = sum(w for _, w in chosen) / total if total else 0.0
+    net = prepared(consensus)
+    exits = net.exits(constraints.port, frozenset(), frozenset())
+    chosen = net.exits(
+        constraints.port,
+        constraints.exit_countries,
+        constraints.exclude_exit_countries | constraints.exclude_countries_anywhere,
+    )
+    matching = tuple(net.running[i].status.descriptor for i in chosen.members)
+    share = chosen.total / exits.total if exits.total else 0.0
     return ExitChoice(matching, len(exits), share)

@@ -74,6 +74,11 @@ class Pool:
     def __contains__(self, index: object) -> bool:
         return index in self._position_of
 
+    @property
+    def total(self) -> int:
+        """The members' weighted bandwidth, summed."""
+        return self._cum[-1] if self._cum else 0
+
     def positions(self, indexes: Iterable[int]) -> list[int]:
         """The sorted pool positions of those ``indexes`` that are members."""
         where = self._position_of

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hopchain.directory import Consensus, Descriptor, RouterStatus
 from hopchain.errors import PathSelectionError
 from hopchain.exitpolicy import normalise
-from hopchain.path import PathConstraints, select_path
+from hopchain.path import PathConstraints, exit_choice, select_path
 from hopchain.pathpool import Pool
 from hopchain.weights import (
     BandwidthWeights,
@@ -382,6 +382,45 @@ def test_prop_select_path_meets_the_country_rules(
     check_path(path, consensus, constraints)
     assert constraints.allows_exit_country(path[-1].country)
     assert all(d.country not in anywhere for d in path)
+
+
+@given(
+    consensus=networks_with_countries(),
+    port=st.sampled_from([None, 80, 443]),
+    wanted=st.frozensets(st.sampled_from(COUNTRIES), max_size=2),
+    excluded=st.frozensets(st.sampled_from(COUNTRIES), max_size=2),
+    anywhere=st.frozensets(st.sampled_from(COUNTRIES), max_size=1),
+)
+def test_prop_exit_choice_counts_the_exit_weight_directly(
+    consensus: Consensus,
+    port: int | None,
+    wanted: frozenset[str],
+    excluded: frozenset[str],
+    anywhere: frozenset[str],
+) -> None:
+    constraints = PathConstraints(
+        port=port,
+        exit_countries=wanted,
+        exclude_exit_countries=excluded,
+        exclude_countries_anywhere=anywhere,
+    )
+    weights = compute_weights(consensus)
+    exits = [
+        (
+            r.descriptor,
+            max(1, r.descriptor.bandwidth) * position_weight(r, Position.EXIT, weights),
+        )
+        for r in consensus.relays
+        if "Running" in r.flags and _ref_usable_exit(r, port)
+    ]
+    chosen = [(d, w) for d, w in exits if constraints.allows_exit_country(d.country)]
+    total = sum(w for _, w in exits)
+    choice = exit_choice(consensus, constraints)
+    assert choice.matching == tuple(d for d, _ in chosen)
+    assert choice.running_exits == len(exits)
+    assert choice.bandwidth_share == pytest.approx(
+        sum(w for _, w in chosen) / total if total else 0.0
+    )
 
 
 # The statistical test's network: disjoint classes with distinct bandwidths,
