@@ -45,6 +45,7 @@ from hopchain.errors import (
     PathSelectionError,
     StreamError,
 )
+from hopchain.exitpolicy import is_ip_literal
 from hopchain.httpproxy import (
     MAX_HEAD_BYTES,
     ConnectTarget,
@@ -52,7 +53,6 @@ from hopchain.httpproxy import (
     RequestReader,
     classify,
     has_body,
-    is_ip_literal,
     response_headers,
     status_for_end,
     upstream_request,

@@ -38,7 +38,7 @@ from hopchain.errors import (
     Socks5Error,
     StreamError,
 )
-from hopchain.httpproxy import is_ip_literal
+from hopchain.exitpolicy import is_ip_literal
 from hopchain.isolation import IsolationRules, isolation_key
 from hopchain.messages import EndReason
 from hopchain.safelog import log_event, sensitive

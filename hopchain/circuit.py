@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from hopchain.crypto import handshake, onion
 from hopchain.crypto.onion import HopKeys
-from hopchain.errors import CircuitError, FlowControlError, MessageError
+from hopchain.errors import CircuitError, MessageError
 from hopchain.flow import StreamTable
 from hopchain.messages import (
     MAX_DATA,
@@ -48,7 +48,6 @@ from hopchain.messages import (
     Truncated,
     decode,
     encode,
-    encode_data,
 )
 
 
@@ -244,15 +243,9 @@ class ClientCircuit:
         """Bodies carrying ``data``; the caller keeps within ``sendable``."""
         if self.state is not CircuitState.OPEN:
             raise CircuitError(f"data on a {self.state.value} circuit")
-        cells = -(-len(data) // MAX_DATA)
-        if cells > self.streams.sendable(stream_id):
-            raise FlowControlError("send past the window")
-        self.streams.spend(stream_id, cells)
         return [
-            onion.wrap_forward(
-                self.hops, encode_data(stream_id, data[i : i + MAX_DATA])
-            )
-            for i in range(0, len(data), MAX_DATA)
+            onion.wrap_forward(self.hops, message)
+            for message in self.streams.data_messages(stream_id, data)
         ]
 
     def end_stream(self, stream_id: int, reason: EndReason) -> list[bytes]:

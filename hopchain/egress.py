@@ -17,11 +17,10 @@ An exit that reports no egress (an older exit) is unknown too.  What to do
 with a mismatch (refuse or warn) is the caller's choice (``--strict-countries``).
 """
 
-import ipaddress
 from dataclasses import dataclass
 
 from hopchain.directory import Descriptor
-from hopchain.exitpolicy import normalise
+from hopchain.exitpolicy import is_ip_literal, normalise
 from hopchain.geoip import GeoIPDatabase
 from hopchain.path import PathConstraints
 
@@ -72,7 +71,7 @@ def check_egress(
     country, source = egress_country(egress, exit, geoip)
     if country is not None and constraints.allows_exit_country(country):
         return EgressVerdict(True, country, source)
-    shown = egress if _is_address(egress) else "(none)"
+    shown = egress if is_ip_literal(egress) else "(none)"
     where = f"is in {country} by {source}" if country else f"is unknown: {source}"
     return EgressVerdict(
         False,
@@ -81,14 +80,6 @@ def check_egress(
         f"exit {exit.nickname} connects from {shown}, which {where}; "
         f"wanted {_wanted(constraints)}",
     )
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _wanted(constraints: PathConstraints) -> str:

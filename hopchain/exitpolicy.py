@@ -89,6 +89,15 @@ def normalise(address: str) -> Address:
     return ip
 
 
+def is_ip_literal(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address rather than a name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class Action(Enum):
     """What a rule does with the destinations it matches."""
 

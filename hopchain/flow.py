@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from hopchain.errors import FlowControlError, MessageError
-from hopchain.messages import EndReason, Sendme
+from hopchain.messages import MAX_DATA, EndReason, Sendme, encode_data
 
 CIRCUIT_WINDOW: Final = 128
 STREAM_WINDOW: Final = 64
@@ -146,6 +146,22 @@ class StreamTable:
         """Record ``n`` DATA cells sent on the stream."""
         self.streams[stream_id].send.spend(n)
         self.send.spend(n)
+
+    def data_messages(self, stream_id: int, data: bytes | bytearray) -> list[bytes]:
+        """``data`` as encoded DATA messages of at most ``MAX_DATA`` bytes,
+        spent from the windows (each end then adds its onion layer).
+
+        Raises:
+            FlowControlError: more cells than the windows allow.
+        """
+        cells = -(-len(data) // MAX_DATA)
+        if cells > self.sendable(stream_id):
+            raise FlowControlError("send past the window")
+        self.spend(stream_id, cells)
+        return [
+            encode_data(stream_id, data[i : i + MAX_DATA])
+            for i in range(0, len(data), MAX_DATA)
+        ]
 
     def on_data(self, stream_id: int) -> bool:
         """Account one incoming DATA cell; False when its stream is unknown.

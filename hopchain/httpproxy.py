@@ -91,15 +91,6 @@ class ForwardTarget:
         return host if self.port == 80 else f"{host}:{self.port}"
 
 
-def is_ip_literal(host: str) -> bool:
-    """Whether ``host`` is an IPv4 or IPv6 address rather than a name."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def is_loopback_host(host: str) -> bool:
     """Whether a listen address keeps a port on this machine only."""
     if host.lower() == "localhost":

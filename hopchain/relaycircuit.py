@@ -37,7 +37,7 @@ from typing import Final
 
 from hopchain.crypto import onion
 from hopchain.crypto.onion import HopKeys
-from hopchain.errors import FlowControlError, MessageError
+from hopchain.errors import MessageError
 from hopchain.flow import CIRCUIT_WINDOW, StreamTable
 from hopchain.messages import (
     LARGE_BODY,
@@ -57,7 +57,6 @@ from hopchain.messages import (
     Truncated,
     decode,
     encode,
-    encode_data,
 )
 
 MAX_EARLY: Final = onion.MAX_HOPS - 1
@@ -190,15 +189,9 @@ class RelayCircuit:
 
     def send_data(self, stream_id: int, data: bytes | bytearray) -> list[bytes]:
         """Bodies carrying ``data`` to the client (within ``sendable``)."""
-        cells = -(-len(data) // MAX_DATA)
-        if cells > self.streams.sendable(stream_id):
-            raise FlowControlError("send past the window")
-        self.streams.spend(stream_id, cells)
         return [
-            onion.originate_backward(
-                self.keys, encode_data(stream_id, data[i : i + MAX_DATA])
-            )
-            for i in range(0, len(data), MAX_DATA)
+            onion.originate_backward(self.keys, message)
+            for message in self.streams.data_messages(stream_id, data)
         ]
 
     def consumed(self, stream_id: int, n: int) -> list[bytes]:

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hopchain.errors import HttpRequestError
+from hopchain.exitpolicy import is_ip_literal
 from hopchain.httpproxy import (
     MAX_HEAD_BYTES,
     MAX_HEADER_LINES,
@@ -17,7 +18,6 @@ from hopchain.httpproxy import (
     check_head,
     classify,
     has_body,
-    is_ip_literal,
     is_loopback_host,
     response_headers,
     status_for_end,
