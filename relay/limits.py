@@ -14,7 +14,9 @@ read:
 * ``accounting_used`` / ``hibernating``: this accounting period's bytes, and
   whether new circuits are refused because of them;
 * ``links_open``: inbound links now (``links_from(address)``: from one
-  address).
+  address);
+* ``throughput``: the relayed bytes read, for the descriptor's observed
+  bandwidth (``hopchain.bandwidth``).
 
 The pure parts are in the core: ``hopchain.ratelimit`` (token buckets),
 ``hopchain.accounting`` and ``hopchain.oom``.  Bandwidth is limited on
@@ -31,6 +33,7 @@ import trio
 from hopchain.relay.net import RECEIVE_CHUNK, wall_clock
 
 from hopchain.accounting import Accounting
+from hopchain.bandwidth import ThroughputMeter
 from hopchain.oom import QueueBudget
 from hopchain.ratelimit import AddressBuckets, AddressCounts, TokenBucket
 from hopchain.relaylimits import RelayLimits
@@ -95,6 +98,7 @@ class RelayLimiter:
             config.accounting_max, config.accounting_period, wall()
         )
         self.budget = QueueBudget(config.max_queued_bytes)
+        self.throughput = ThroughputMeter()
         self._links = AddressCounts(config.links_per_address)
         self._new_links = AddressBuckets(
             config.new_links_per_second, config.new_links_burst
@@ -143,6 +147,10 @@ class RelayLimiter:
     def links_open(self) -> int:
         """Inbound links now (handshaking or established)."""
         return self._links.total
+
+    def observed_bandwidth(self) -> int:
+        """The best 10-second average of relayed bytes/s over the last day."""
+        return self.throughput.observed(self._clock())
 
     def links_from(self, address: str) -> int:
         """Inbound links from one address now."""
@@ -237,8 +245,11 @@ class RelayLimiter:
         return max(need, min(wanted, int(bucket.available(self._clock()))))
 
     def bytes_read(self, n: int) -> None:
-        """Charge ``n`` relayed bytes read to the bucket and the accounting."""
-        self.bandwidth.consume(n, self._clock())
+        """Charge ``n`` relayed bytes read to the bucket and the accounting,
+        and count them for the observed bandwidth."""
+        now = self._clock()
+        self.bandwidth.consume(n, now)
+        self.throughput.record(now, n)
         if self.accounting.max_bytes:
             self.accounting.add(n, self._wall())
 

@@ -124,3 +124,17 @@ async def test_unlimited_reads_do_not_wait(
     start = trio.current_time()
     assert await limiter.read_allowance(1 << 20) == 1 << 20
     assert trio.current_time() == start
+
+
+def test_bytes_read_feed_the_observed_bandwidth() -> None:
+    """Every relayed byte read (a link's or an exit connection's) counts,
+    limited or not; the figure is the best 10-second average."""
+    clock = Clock()
+    limiter = RelayLimiter(RelayLimits(), clock=clock, wall=clock)
+    assert limiter.observed_bandwidth() == 0
+    limiter.bytes_read(300_000)
+    clock.now = 5.0
+    limiter.bytes_read(200_000)
+    clock.now = 15.0
+    limiter.bytes_read(100_000)
+    assert limiter.observed_bandwidth() == 50_000
