@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Final
 
 import trio
-from hopchain.relay.net import RECEIVE_CHUNK, wall_clock
+from hopchain.relay.net import wall_clock
 
 from hopchain.accounting import Accounting
 from hopchain.bandwidth import ThroughputMeter
@@ -38,7 +38,7 @@ from hopchain.oom import QueueBudget
 from hopchain.ratelimit import AddressBuckets, AddressCounts, TokenBucket
 from hopchain.relaylimits import RelayLimits
 
-__all__ = ["HIT_KINDS", "RelayLimiter", "ThrottledStream"]
+__all__ = ["HIT_KINDS", "RelayLimiter"]
 
 logger = logging.getLogger(__name__)
 
@@ -252,38 +252,3 @@ class RelayLimiter:
         self.throughput.record(now, n)
         if self.accounting.max_bytes:
             self.accounting.add(n, self._wall())
-
-
-class ThrottledStream(trio.abc.HalfCloseableStream):
-    """An exit connection whose reads are charged to the relay's bandwidth
-    limit (the bytes a destination sends are relayed traffic too)."""
-
-    def __init__(
-        self, stream: trio.abc.HalfCloseableStream, limiter: RelayLimiter
-    ) -> None:
-        self._stream = stream
-        self._limiter = limiter
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Read at most what the bandwidth bucket allows."""
-        wanted = RECEIVE_CHUNK if max_bytes is None else max_bytes
-        await self._limiter.read_allowance(wanted, whole=True)
-        data = await self._stream.receive_some(wanted)
-        self._limiter.bytes_read(len(data))
-        return bytes(data)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """As the wrapped stream."""
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.aclose()

@@ -3,7 +3,9 @@
 import pytest
 import trio
 import trio.testing
-from hopchain.relay.limits import RelayLimiter, ThrottledStream
+from hopchain.relay.exit import ExitConnection
+from hopchain.relay.limits import RelayLimiter
+from hopchain.relay.stats import RelayStats
 
 from hopchain.relaylimits import RelayLimits
 
@@ -95,7 +97,7 @@ async def test_reads_follow_the_bandwidth_rate(
     100 kB/s of virtual time, within one read."""
     limiter = RelayLimiter(RelayLimits(bandwidth_rate=100_000, bandwidth_burst=100_000))
     send, receive = trio.testing.memory_stream_pair()
-    throttled = ThrottledStream(receive, limiter)
+    throttled = ExitConnection(receive, limiter, RelayStats())
     total = 1_000_000
 
     async def feed() -> None:

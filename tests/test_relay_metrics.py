@@ -8,6 +8,8 @@ import functools
 import pytest
 import trio
 import trio.testing
+from hopchain.relay.exit import ExitConnection
+from hopchain.relay.limits import RelayLimiter
 from hopchain.relay.link import Link
 from hopchain.relay.metrics import (
     RelayCollector,
@@ -17,13 +19,14 @@ from hopchain.relay.metrics import (
     serve_metrics,
 )
 from hopchain.relay.net import TcpNetwork
-from hopchain.relay.stats import CountingStream, RelayStats, handshake_failure_reason
+from hopchain.relay.stats import RelayStats, handshake_failure_reason
 from hopchain.relay.status import endpoint, parse, summary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hopchain._version import __version__
 from hopchain.errors import ConfigError, HandshakeError, HopchainError
+from hopchain.relaylimits import RelayLimits
 from hopchain.wire import CellCommand, LinkKeys
 
 
@@ -151,10 +154,10 @@ def test_handshake_failure_reasons() -> None:
     assert handshake_failure_reason(ConnectionResetError()) == "network"
 
 
-async def test_counting_stream_counts_both_directions() -> None:
+async def test_exit_connection_counts_both_directions() -> None:
     stats = RelayStats()
     exit_side, destination = trio.testing.memory_stream_pair()
-    counted = CountingStream(exit_side, stats)
+    counted = ExitConnection(exit_side, RelayLimiter(RelayLimits()), stats)
     await counted.send_all(b"hello")
     assert await destination.receive_some() == b"hello"
     await destination.send_all(b"world!")
