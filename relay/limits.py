@@ -79,7 +79,9 @@ class RelayLimiter:
     """Applies ``RelayLimits`` for one relay (see the module docstring).
 
     ``clock`` is the monotonic clock for the buckets (trio's, so tests can
-    use a mock clock); ``wall`` the UTC clock for accounting periods.
+    use a mock clock); ``wall`` the UTC clock for accounting periods;
+    ``hits`` the counts to add limit hits to (the relay's
+    ``RelayStats.limit_hits``, which the metrics read), a new dict if None.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class RelayLimiter:
         *,
         clock: Callable[[], float] = trio.current_time,
         wall: Callable[[], float] = wall_clock,
+        hits: dict[str, int] | None = None,
     ) -> None:
         config.check()
         self.config = config
@@ -105,7 +108,9 @@ class RelayLimiter:
         )
         self._creates = AddressBuckets(config.creates_per_second, config.creates_burst)
         self._log = _LogThrottle()
-        self.hits: dict[str, int] = dict.fromkeys(HIT_KINDS, 0)
+        self.hits = {} if hits is None else hits
+        for kind in HIT_KINDS:
+            self.hits.setdefault(kind, 0)
         self.oom_circuits_closed = 0
         self.oom_bytes_freed = 0
         self.hibernating = False

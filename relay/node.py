@@ -123,9 +123,7 @@ class RelayNode:
         self.metrics_port: int | None = None
         # Resource limits (relay/limits.py); the counters live on self.limits,
         # whose hits and queue budget the metrics read.
-        self.limits = RelayLimiter(config.limits)
-        self.stats.limit_hits.update(self.limits.hits)
-        self.limits.hits = self.stats.limit_hits
+        self.limits = RelayLimiter(config.limits, hits=self.stats.limit_hits)
         self.stats.queued_bytes = lambda: self.limits.queued_bytes
         self._shared = SharedLimits(
             self.limits.budget, self._out_of_memory, self.limits

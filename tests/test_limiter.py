@@ -4,7 +4,7 @@ import pytest
 import trio
 import trio.testing
 from hopchain.relay.exit import ExitConnection
-from hopchain.relay.limits import RelayLimiter
+from hopchain.relay.limits import HIT_KINDS, RelayLimiter
 from hopchain.relay.stats import RelayStats
 
 from hopchain.relaylimits import RelayLimits
@@ -140,3 +140,19 @@ def test_bytes_read_feed_the_observed_bandwidth() -> None:
     clock.now = 15.0
     limiter.bytes_read(100_000)
     assert limiter.observed_bandwidth() == 50_000
+
+
+def test_hits_are_counted_into_the_relays_counts() -> None:
+    clock = Clock()
+    stats = RelayStats()
+    limiter = RelayLimiter(
+        RelayLimits(creates_per_second=1, creates_burst=1),
+        clock=clock,
+        wall=clock,
+        hits=stats.limit_hits,
+    )
+    assert limiter.may_create("a")
+    assert not limiter.may_create("a")
+    assert stats.limit_hits["circuit_creation_rate"] == 1
+    assert stats.limit_hits["circuit_queue"] == 0  # the relay's own kind stays
+    assert set(HIT_KINDS) <= set(stats.limit_hits)
