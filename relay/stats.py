@@ -73,8 +73,9 @@ class RelayStats:
     """What a relay has done since it started (see the module docstring).
 
     ``queued_bytes`` reports the memory held by queued cells when asked; the
-    relay points it at its own measure (``RelayNode`` sums its links' send
-    queues).  ``limit_hits`` counts refusals by limit kind (snake_case).
+    relay points it at its own measure (``RelayNode``: the cell bytes its
+    queue budget counts on all links).  ``limit_hits`` counts refusals by
+    limit kind (snake_case).
     """
 
     started: float = 0.0
