@@ -16,10 +16,10 @@ from typing import Final
 
 import trio
 from hopchain.relay.circuit import Circuit
-from hopchain.relay.limits import RelayLimiter, ThrottledStream
-from hopchain.relay.net import Network
+from hopchain.relay.limits import RelayLimiter
+from hopchain.relay.net import RECEIVE_CHUNK, Network
 from hopchain.relay.pump import splice
-from hopchain.relay.stats import CountingStream, RelayStats
+from hopchain.relay.stats import RelayStats
 from hopchain.relay.stream import CircuitStream, forget_if_ended
 
 from hopchain import exitpolicy
@@ -38,6 +38,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "RESOLVE_TIMEOUT",
     "Exit",
+    "ExitConnection",
     "Send",
     "egress_of",
     "local_address_for",
@@ -50,6 +51,49 @@ RESOLVE_TIMEOUT: Final = 20.0
 
 # Sends relay cell bodies back toward the client (``RelayNode._sender``).
 Send = Callable[[list[bytes]], None]
+
+
+class ExitConnection(trio.abc.HalfCloseableStream):
+    """A connection to a destination, as the exit splices it: reads are
+    charged to the relay's bandwidth limit (what a destination sends is
+    relayed traffic too), and the bytes both ways are counted for the
+    metrics (``RelayStats.exit_bytes_*``)."""
+
+    def __init__(
+        self,
+        stream: trio.abc.HalfCloseableStream,
+        limiter: RelayLimiter,
+        stats: RelayStats,
+    ) -> None:
+        self._stream = stream
+        self._limiter = limiter
+        self._stats = stats
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Read at most what the bandwidth bucket allows, and count it."""
+        wanted = RECEIVE_CHUNK if max_bytes is None else max_bytes
+        await self._limiter.read_allowance(wanted, whole=True)
+        data = await self._stream.receive_some(wanted)
+        self._limiter.bytes_read(len(data))
+        self._stats.exit_bytes_received += len(data)
+        return bytes(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send to the destination, then count the bytes."""
+        await self._stream.send_all(data)
+        self._stats.exit_bytes_sent += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        """As the wrapped stream."""
+        await self._stream.aclose()
 
 
 class Exit:
@@ -163,10 +207,7 @@ class Exit:
         self._splices.add(splicing)
         try:
             with splicing:
-                await splice(
-                    CountingStream(ThrottledStream(socket, self.limits), self.stats),
-                    stream,
-                )
+                await splice(ExitConnection(socket, self.limits, self.stats), stream)
         finally:
             self.stats.streams_closed += 1
             self._splices.discard(splicing)

@@ -14,7 +14,9 @@ read:
 * ``accounting_used`` / ``hibernating``: this accounting period's bytes, and
   whether new circuits are refused because of them;
 * ``links_open``: inbound links now (``links_from(address)``: from one
-  address).
+  address);
+* ``throughput``: the relayed bytes read, for the descriptor's observed
+  bandwidth (``hopchain.bandwidth``).
 
 The pure parts are in the core: ``hopchain.ratelimit`` (token buckets),
 ``hopchain.accounting`` and ``hopchain.oom``.  Bandwidth is limited on
@@ -28,14 +30,15 @@ from collections.abc import Callable
 from typing import Final
 
 import trio
-from hopchain.relay.net import RECEIVE_CHUNK, wall_clock
+from hopchain.relay.net import wall_clock
 
 from hopchain.accounting import Accounting
+from hopchain.bandwidth import ThroughputMeter
 from hopchain.oom import QueueBudget
 from hopchain.ratelimit import AddressBuckets, AddressCounts, TokenBucket
 from hopchain.relaylimits import RelayLimits
 
-__all__ = ["HIT_KINDS", "RelayLimiter", "ThrottledStream"]
+__all__ = ["HIT_KINDS", "RelayLimiter"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +79,9 @@ class RelayLimiter:
     """Applies ``RelayLimits`` for one relay (see the module docstring).
 
     ``clock`` is the monotonic clock for the buckets (trio's, so tests can
-    use a mock clock); ``wall`` the UTC clock for accounting periods.
+    use a mock clock); ``wall`` the UTC clock for accounting periods;
+    ``hits`` the counts to add limit hits to (the relay's
+    ``RelayStats.limit_hits``, which the metrics read), a new dict if None.
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class RelayLimiter:
         *,
         clock: Callable[[], float] = trio.current_time,
         wall: Callable[[], float] = wall_clock,
+        hits: dict[str, int] | None = None,
     ) -> None:
         config.check()
         self.config = config
@@ -95,13 +101,16 @@ class RelayLimiter:
             config.accounting_max, config.accounting_period, wall()
         )
         self.budget = QueueBudget(config.max_queued_bytes)
+        self.throughput = ThroughputMeter()
         self._links = AddressCounts(config.links_per_address)
         self._new_links = AddressBuckets(
             config.new_links_per_second, config.new_links_burst
         )
         self._creates = AddressBuckets(config.creates_per_second, config.creates_burst)
         self._log = _LogThrottle()
-        self.hits: dict[str, int] = dict.fromkeys(HIT_KINDS, 0)
+        self.hits = {} if hits is None else hits
+        for kind in HIT_KINDS:
+            self.hits.setdefault(kind, 0)
         self.oom_circuits_closed = 0
         self.oom_bytes_freed = 0
         self.hibernating = False
@@ -143,6 +152,10 @@ class RelayLimiter:
     def links_open(self) -> int:
         """Inbound links now (handshaking or established)."""
         return self._links.total
+
+    def observed_bandwidth(self) -> int:
+        """The best 10-second average of relayed bytes/s over the last day."""
+        return self.throughput.observed(self._clock())
 
     def links_from(self, address: str) -> int:
         """Inbound links from one address now."""
@@ -237,42 +250,10 @@ class RelayLimiter:
         return max(need, min(wanted, int(bucket.available(self._clock()))))
 
     def bytes_read(self, n: int) -> None:
-        """Charge ``n`` relayed bytes read to the bucket and the accounting."""
-        self.bandwidth.consume(n, self._clock())
+        """Charge ``n`` relayed bytes read to the bucket and the accounting,
+        and count them for the observed bandwidth."""
+        now = self._clock()
+        self.bandwidth.consume(n, now)
+        self.throughput.record(now, n)
         if self.accounting.max_bytes:
             self.accounting.add(n, self._wall())
-
-
-class ThrottledStream(trio.abc.HalfCloseableStream):
-    """An exit connection whose reads are charged to the relay's bandwidth
-    limit (the bytes a destination sends are relayed traffic too)."""
-
-    def __init__(
-        self, stream: trio.abc.HalfCloseableStream, limiter: RelayLimiter
-    ) -> None:
-        self._stream = stream
-        self._limiter = limiter
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Read at most what the bandwidth bucket allows."""
-        wanted = RECEIVE_CHUNK if max_bytes is None else max_bytes
-        await self._limiter.read_allowance(wanted, whole=True)
-        data = await self._stream.receive_some(wanted)
-        self._limiter.bytes_read(len(data))
-        return bytes(data)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """As the wrapped stream."""
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.aclose()

@@ -155,11 +155,8 @@ class Link:
         if circ_id not in self._queued:
             return 0
         del self._queued[circ_id]
-        kept = deque(entry for entry in self._queue if entry[0] != circ_id)
-        freed = sum(len(entry[2]) for entry in self._queue) - sum(
-            len(entry[2]) for entry in kept
-        )
-        self._queue = kept
+        freed = sum(len(cell) for cid, _, cell in self._queue if cid == circ_id)
+        self._queue = deque(entry for entry in self._queue if entry[0] != circ_id)
         if self._shared is not None:
             self._shared.budget.remove(freed)
         return freed

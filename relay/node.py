@@ -39,7 +39,6 @@ from hopchain.relay.stats import RelayStats
 from hopchain.relay.stream import forget_if_ended
 
 from hopchain import exitpolicy
-from hopchain.bandwidth import ThroughputMeter
 from hopchain.crypto import handshake
 from hopchain.crypto.keys import IdentityKey, OnionKey, fingerprint
 from hopchain.crypto.onion import HopKeys
@@ -122,12 +121,9 @@ class RelayNode:
         self.published = self.publisher.published  # set once an authority took it
         self.stats = RelayStats()
         self.metrics_port: int | None = None
-        self.throughput = ThroughputMeter()  # relayed bytes, for the descriptor
         # Resource limits (relay/limits.py); the counters live on self.limits,
         # whose hits and queue budget the metrics read.
-        self.limits = RelayLimiter(config.limits)
-        self.stats.limit_hits.update(self.limits.hits)
-        self.limits.hits = self.stats.limit_hits
+        self.limits = RelayLimiter(config.limits, hits=self.stats.limit_hits)
         self.stats.queued_bytes = lambda: self.limits.queued_bytes
         self._shared = SharedLimits(
             self.limits.budget, self._out_of_memory, self.limits
@@ -288,7 +284,7 @@ class RelayNode:
             country=self.config.country,
             published=wall_clock(),
             test_network=self.config.test_network,
-            observed_bandwidth=self.throughput.observed(trio.current_time()),
+            observed_bandwidth=self.limits.observed_bandwidth(),
         )
         return sign_descriptor(desc, self.identity.sign)
 
@@ -404,7 +400,6 @@ class RelayNode:
         key = (link, cell.circ_id)
         command = cell.command
         if command is CellCommand.RELAY or command is CellCommand.RELAY_EARLY:
-            self.throughput.record(trio.current_time(), len(cell.body))
             circuit = self.circuits.by_prev.get(key)
             if circuit is not None:
                 self._forward(circuit, cell)

@@ -73,8 +73,9 @@ class RelayStats:
     """What a relay has done since it started (see the module docstring).
 
     ``queued_bytes`` reports the memory held by queued cells when asked; the
-    relay points it at its own measure (``RelayNode`` sums its links' send
-    queues).  ``limit_hits`` counts refusals by limit kind (snake_case).
+    relay points it at its own measure (``RelayNode``: the cell bytes its
+    queue budget counts on all links).  ``limit_hits`` counts refusals by
+    limit kind (snake_case).
     """
 
     started: float = 0.0
@@ -101,34 +102,3 @@ class RelayStats:
         """A link refused a cell: a limit hit, unless the link had closed."""
         if not link.closed:
             self.limit_hits[CIRCUIT_QUEUE_LIMIT] += 1
-
-
-class CountingStream(trio.abc.HalfCloseableStream):
-    """An exit's destination connection that counts the bytes it carries."""
-
-    def __init__(self, stream: trio.abc.HalfCloseableStream, stats: RelayStats):
-        self._stream = stream
-        self._stats = stats
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Send to the destination, then count the bytes."""
-        await self._stream.send_all(data)
-        self._stats.exit_bytes_sent += len(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.send_eof()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """Receive from the destination and count the bytes."""
-        data = await self._stream.receive_some(max_bytes)
-        self._stats.exit_bytes_received += len(data)
-        return bytes(data)
-
-    async def aclose(self) -> None:
-        """As the wrapped stream."""
-        await self._stream.aclose()

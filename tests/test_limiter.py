@@ -3,7 +3,9 @@
 import pytest
 import trio
 import trio.testing
-from hopchain.relay.limits import RelayLimiter, ThrottledStream
+from hopchain.relay.exit import ExitConnection
+from hopchain.relay.limits import HIT_KINDS, RelayLimiter
+from hopchain.relay.stats import RelayStats
 
 from hopchain.relaylimits import RelayLimits
 
@@ -95,7 +97,7 @@ async def test_reads_follow_the_bandwidth_rate(
     100 kB/s of virtual time, within one read."""
     limiter = RelayLimiter(RelayLimits(bandwidth_rate=100_000, bandwidth_burst=100_000))
     send, receive = trio.testing.memory_stream_pair()
-    throttled = ThrottledStream(receive, limiter)
+    throttled = ExitConnection(receive, limiter, RelayStats())
     total = 1_000_000
 
     async def feed() -> None:
@@ -124,3 +126,33 @@ async def test_unlimited_reads_do_not_wait(
     start = trio.current_time()
     assert await limiter.read_allowance(1 << 20) == 1 << 20
     assert trio.current_time() == start
+
+
+def test_bytes_read_feed_the_observed_bandwidth() -> None:
+    """Every relayed byte read (a link's or an exit connection's) counts,
+    limited or not; the figure is the best 10-second average."""
+    clock = Clock()
+    limiter = RelayLimiter(RelayLimits(), clock=clock, wall=clock)
+    assert limiter.observed_bandwidth() == 0
+    limiter.bytes_read(300_000)
+    clock.now = 5.0
+    limiter.bytes_read(200_000)
+    clock.now = 15.0
+    limiter.bytes_read(100_000)
+    assert limiter.observed_bandwidth() == 50_000
+
+
+def test_hits_are_counted_into_the_relays_counts() -> None:
+    clock = Clock()
+    stats = RelayStats()
+    limiter = RelayLimiter(
+        RelayLimits(creates_per_second=1, creates_burst=1),
+        clock=clock,
+        wall=clock,
+        hits=stats.limit_hits,
+    )
+    assert limiter.may_create("a")
+    assert not limiter.may_create("a")
+    assert stats.limit_hits["circuit_creation_rate"] == 1
+    assert stats.limit_hits["circuit_queue"] == 0  # the relay's own kind stays
+    assert set(HIT_KINDS) <= set(stats.limit_hits)

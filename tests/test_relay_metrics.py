@@ -8,7 +8,9 @@ import functools
 import pytest
 import trio
 import trio.testing
-from hopchain.relay.link import Link
+from hopchain.relay.exit import ExitConnection
+from hopchain.relay.limits import RelayLimiter
+from hopchain.relay.link import Link, SharedLimits
 from hopchain.relay.metrics import (
     RelayCollector,
     answer_one_request,
@@ -17,13 +19,15 @@ from hopchain.relay.metrics import (
     serve_metrics,
 )
 from hopchain.relay.net import TcpNetwork
-from hopchain.relay.stats import CountingStream, RelayStats, handshake_failure_reason
+from hopchain.relay.stats import RelayStats, handshake_failure_reason
 from hopchain.relay.status import endpoint, parse, summary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hopchain._version import __version__
 from hopchain.errors import ConfigError, HandshakeError, HopchainError
+from hopchain.oom import QueueBudget
+from hopchain.relaylimits import RelayLimits
 from hopchain.wire import CellCommand, LinkKeys
 
 
@@ -151,10 +155,10 @@ def test_handshake_failure_reasons() -> None:
     assert handshake_failure_reason(ConnectionResetError()) == "network"
 
 
-async def test_counting_stream_counts_both_directions() -> None:
+async def test_exit_connection_counts_both_directions() -> None:
     stats = RelayStats()
     exit_side, destination = trio.testing.memory_stream_pair()
-    counted = CountingStream(exit_side, stats)
+    counted = ExitConnection(exit_side, RelayLimiter(RelayLimits()), stats)
     await counted.send_all(b"hello")
     assert await destination.receive_some() == b"hello"
     await destination.send_all(b"world!")
@@ -173,6 +177,25 @@ def test_a_link_reports_its_queued_bytes_and_queue_refusals() -> None:
     link.closed = True
     stats.queue_refused(link)  # a closed link is not a limit
     assert stats.limit_hits["circuit_queue"] == 1
+
+
+def test_dropping_a_circuit_frees_its_cells_from_the_budget() -> None:
+    near, _ = trio.testing.memory_stream_pair()
+    budget = QueueBudget(0)
+    link = Link(
+        near,
+        LinkKeys(bytes(32), bytes(32)),
+        peer_identity=None,
+        binding=b"",
+        shared=SharedLimits(budget, lambda: None),
+    )
+    for circ_id in (7, 8, 7):
+        assert link.send(circ_id, CellCommand.RELAY, bytes(100))
+    per_cell = budget.queued // 3
+    assert link.drop_circuit(7) == 2 * per_cell
+    assert budget.queued == per_cell
+    assert (link.queued_for(7), link.queued_for(8)) == (0, 100)
+    assert link.drop_circuit(7) == 0
 
 
 async def test_a_failing_collector_costs_one_scrape_not_the_endpoint(
