@@ -38,7 +38,9 @@ async def test_api_streams_reach_the_origin_through_an_exit(
     testnet: LoopbackNet,
 ) -> None:
     with trio.fail_after(60):
-        async with connect([testnet.authority_address], test_network=True) as client:
+        async with connect(
+            [testnet.authority_address], test_network=True, network=testnet.network
+        ) as client:
             peer = await _echo(testnet, client, "alice")
             assert peer in testnet.exit_addresses
             await _echo(testnet, client, "bob")
@@ -76,7 +78,9 @@ async def test_documented_example_runs(testnet: LoopbackNet) -> None:
 async def test_api_exit_country_constraints(testnet: LoopbackNet) -> None:
     by_country = {r.config.country: r.config.address for r in testnet.relays}
     with trio.fail_after(60):
-        async with connect([testnet.authority_address], test_network=True) as client:
+        async with connect(
+            [testnet.authority_address], test_network=True, network=testnet.network
+        ) as client:
             for wanted, excluded, expected in (
                 (["nl"], [], "NL"),
                 ([], ["NL"], "DE"),
@@ -228,7 +232,9 @@ async def test_bad_exits_are_never_used(testnet: LoopbackNet) -> None:
     testnet.authority.bad_exits = frozenset({by_country["DE"].identity.public})
     testnet.authority.listing_changed()  # the operator's change takes effect
     with trio.fail_after(60):
-        async with connect([testnet.authority_address], test_network=True) as client:
+        async with connect(
+            [testnet.authority_address], test_network=True, network=testnet.network
+        ) as client:
             for n in range(8):  # a coin flip each without BadExit
                 stream = await client.open_stream(
                     "127.0.0.1", testnet.origin_port, isolation=str(n)
