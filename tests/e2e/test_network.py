@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import socket
 
@@ -150,19 +151,25 @@ async def test_refused_port_maps_to_socks_connection_refused(
     assert "Connection refused" in str(info.value)
 
 
-async def test_garbage_to_a_relay_closes_only_that_link(testnet: LoopbackNet) -> None:
+async def test_garbage_to_a_relay_closes_only_that_link(
+    testnet: LoopbackNet, caplog: pytest.LogCaptureFixture
+) -> None:
     relay = testnet.relays[0]
-    with trio.fail_after(30):
+    with (
+        caplog.at_level(logging.WARNING, logger="hopchain.relay.link"),
+        trio.fail_after(30),
+    ):
         stream = await trio.open_tcp_stream(relay.config.address, relay.port)
         async with stream:
-            await stream.send_all(os.urandom(32))  # a "handshake" X
-            await stream.receive_some(64)
+            # A well-formed handshake (B | X), so that the records are read.
+            await stream.send_all(relay.onion_keys[0].public + os.urandom(32))
+            assert await stream.receive_some(64)  # the reply, not a close
             await stream.send_all(os.urandom(4096))  # records with bad tags
-            with trio.move_on_after(10):
+            with trio.move_on_after(10) as waiting:
                 while await stream.receive_some(4096):
                     pass
-                closed = True
-        assert closed
+        assert not waiting.cancelled_caught, "the relay kept the bad link open"
+        assert "record header does not authenticate" in caplog.text
         peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
     assert peer in testnet.exit_addresses
 
