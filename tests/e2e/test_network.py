@@ -5,6 +5,7 @@ import functools
 import hashlib
 import logging
 import os
+import random
 import socket
 
 import pytest
@@ -13,7 +14,6 @@ import trio
 import trio.testing
 from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay.dirclient import AuthorityAddress
-from hopchain.relay.net import TcpNetwork
 
 from hopchain.errors import DirectoryError
 from hopchain.flow import CIRCUIT_WINDOW
@@ -180,8 +180,8 @@ async def test_client_refuses_a_consensus_from_an_unpinned_key(
     wrong = AuthorityAddress("127.0.0.1", testnet.authority.port, bytes(32))
     client = ClientNode(
         ClientConfig(authorities=[wrong], socks_port=0, test_network=True),
-        TcpNetwork(),
-        __import__("random").Random(2),
+        testnet.network,
+        random.Random(2),
     )
     with (
         trio.fail_after(30),
