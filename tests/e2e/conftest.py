@@ -14,7 +14,7 @@ import functools
 import hashlib
 import ipaddress
 import random
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -39,16 +39,18 @@ class LoopbackOnlyNetwork(TcpNetwork):
     Every node of the test network uses it: connections go only to
     127.0.0.0/8 and ::1, and names (and, for reverse lookups, addresses)
     resolve from a local table, never through a DNS server.  Anything else
-    is refused *and* recorded, and the fixture fails the test, so a bug (or
-    a browser's background request through the proxy) cannot send a packet
-    elsewhere.
+    is refused *and* recorded, and ``_stays_on_loopback`` fails the test
+    that made the network, so a bug (or a browser's background request
+    through the proxy) cannot send a packet elsewhere unnoticed.
     """
 
     NAMES: ClassVar[dict[str, list[str]]] = {"localhost": ["127.0.0.1", "::1"]}
     PTR_NAMES: ClassVar[dict[str, str]] = {"127.0.0.1": "localhost"}
+    made: ClassVar[list["LoopbackOnlyNetwork"]] = []  # this test's, for the check
 
     def __init__(self) -> None:
         self.violations: list[str] = []
+        LoopbackOnlyNetwork.made.append(self)
 
     async def connect(
         self, host: str, port: int, *, local_address: str | None = None
@@ -82,6 +84,17 @@ class LoopbackOnlyNetwork(TcpNetwork):
         if not ipaddress.ip_address(address).is_loopback:
             self.violations.append(f"resolve_ptr {address}")
         raise OSError(-2, f"test network has no name for {address}")
+
+
+@pytest.fixture(autouse=True)
+def _stays_on_loopback() -> Iterator[None]:
+    """Fail any test whose test networks tried to leave loopback, however
+    it made them (``testnet``, ``start_testnet`` or directly)."""
+    LoopbackOnlyNetwork.made.clear()
+    yield
+    violations = [v for n in LoopbackOnlyNetwork.made for v in n.violations]
+    LoopbackOnlyNetwork.made.clear()
+    assert violations == [], "the test network tried to leave loopback"
 
 
 def seed(label: str) -> bytes:
@@ -199,8 +212,6 @@ async def start_testnet(
 
 
 @pytest.fixture
-async def testnet(nursery: trio.Nursery) -> AsyncIterator[LoopbackNet]:
+async def testnet(nursery: trio.Nursery) -> LoopbackNet:
     with trio.fail_after(60):
-        net = await start_testnet(nursery)
-    yield net
-    assert net.network.violations == [], "the test network tried to leave loopback"
+        return await start_testnet(nursery)
