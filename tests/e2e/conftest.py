@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
+from hopchain.client.circuits import CircuitManager
+from hopchain.client.handle import ClientCircuitHandle
 from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay.authority import AuthorityNode
 from hopchain.relay.dirclient import AuthorityAddress
@@ -27,6 +29,7 @@ from hopchain.relay.net import BufferedReader, TcpNetwork
 from hopchain.relay.node import RelayConfig, RelayNode
 
 from hopchain.crypto.keys import IdentityKey, OnionKey
+from hopchain.isolation import IsolationKey
 
 RELAYS = 5
 EXITS = 2
@@ -131,6 +134,19 @@ async def _origin_handler(stream: trio.SocketStream) -> None:
             body = pattern(int(command[1]))
             for i in range(0, len(body), 1 << 20):
                 await stream.send_all(body[i : i + (1 << 20)])
+
+
+async def echo_once(
+    manager: CircuitManager, port: int, isolation: IsolationKey | None = None
+) -> ClientCircuitHandle:
+    """One ECHO stream to the origin on 127.0.0.1:``port``: check that the
+    origin answers, close and release the stream; the circuit it took."""
+    handle, stream = await manager.open_stream("127.0.0.1", port, isolation)
+    async with stream:
+        await stream.send_all(b"ECHO\n")
+        assert (await stream.receive_some(100)).startswith(b"peer ")
+    manager.release(handle, stream)
+    return handle
 
 
 @dataclass

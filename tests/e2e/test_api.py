@@ -14,7 +14,7 @@ from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.errors import PathSelectionError
 from hopchain.path import CountryRules
 
-from .conftest import LoopbackNet
+from .conftest import LoopbackNet, echo_once
 
 pytestmark = pytest.mark.trio
 
@@ -216,13 +216,7 @@ async def test_fallback_circuits_are_reused_not_rebuilt_per_stream(
             manager = client.manager
             assert manager is not None
             for _ in range(3):
-                handle, stream = await manager.open_stream(
-                    "127.0.0.1", testnet.origin_port
-                )
-                async with stream:
-                    await stream.send_all(b"ECHO\n")
-                    assert (await stream.receive_some(100)).startswith(b"peer ")
-                manager.release(handle, stream)
+                await echo_once(manager, testnet.origin_port)
         assert manager.built == 1  # the warm-up circuit served every stream
         nursery.cancel_scope.cancel()
 
