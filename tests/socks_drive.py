@@ -1,6 +1,9 @@
 """Drive a SOCKS4 or SOCKS5 handshake parser as a shell would (test helper)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from hypothesis import strategies as st
 
 from hopchain.errors import SocksError
 from hopchain.socks4 import Socks4Server
@@ -48,3 +51,22 @@ def splits(data: bytes, trailing: bytes = EARLY_DATA) -> dict[str, list[bytes]]:
         "byte by byte": [data[i : i + 1] for i in range(len(data))],
         "with trailing data": [data + trailing],
     }
+
+
+def assert_any_split_gives_the_same_outcome(
+    drive: Callable[[list[bytes]], Outcome], conversation: bytes, data: st.DataObject
+) -> None:
+    """``conversation`` (a valid handshake ending in a request) followed by
+    early data gives the same outcome however the bytes are cut."""
+    whole = drive([conversation + EARLY_DATA])
+    assert whole.error == "no error"
+    assert whole.actions[-1].request is not None
+    assert whole.remaining == EARLY_DATA
+    cuts = sorted(
+        data.draw(st.lists(st.integers(0, len(conversation)), max_size=8), label="cuts")
+    )
+    stream = conversation + EARLY_DATA
+    chunks = [
+        stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)
+    ]
+    assert drive(chunks) == whole

@@ -22,7 +22,13 @@ from hopchain.socks5 import (
     reply_for_end,
 )
 
-from .socks_drive import EARLY_DATA, MODES, Outcome, splits
+from .socks_drive import (
+    EARLY_DATA,
+    MODES,
+    Outcome,
+    assert_any_split_gives_the_same_outcome,
+    splits,
+)
 from .socks_drive import drive as drive_parser
 
 GREET_NO_AUTH = b"\x05\x01\x00"
@@ -330,18 +336,7 @@ def conversations(draw: st.DrawFn) -> bytes:
 def test_prop_socks5_any_split_gives_the_same_actions(
     conversation: bytes, data: st.DataObject
 ) -> None:
-    whole = drive([conversation + EARLY_DATA])
-    assert whole.error == "no error"
-    assert whole.actions[-1].request is not None
-    assert whole.remaining == EARLY_DATA
-    cuts = sorted(
-        data.draw(st.lists(st.integers(0, len(conversation)), max_size=8), label="cuts")
-    )
-    stream = conversation + EARLY_DATA
-    chunks = [
-        stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)
-    ]
-    assert drive(chunks) == whole
+    assert_any_split_gives_the_same_outcome(drive, conversation, data)
 
 
 END_TO_REPLY = [

@@ -14,12 +14,14 @@ import functools
 import hashlib
 import ipaddress
 import random
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
 import trio
+from hopchain.client.circuits import CircuitManager
+from hopchain.client.handle import ClientCircuitHandle
 from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay.authority import AuthorityNode
 from hopchain.relay.dirclient import AuthorityAddress
@@ -27,6 +29,7 @@ from hopchain.relay.net import BufferedReader, TcpNetwork
 from hopchain.relay.node import RelayConfig, RelayNode
 
 from hopchain.crypto.keys import IdentityKey, OnionKey
+from hopchain.isolation import IsolationKey
 
 RELAYS = 5
 EXITS = 2
@@ -39,16 +42,18 @@ class LoopbackOnlyNetwork(TcpNetwork):
     Every node of the test network uses it: connections go only to
     127.0.0.0/8 and ::1, and names (and, for reverse lookups, addresses)
     resolve from a local table, never through a DNS server.  Anything else
-    is refused *and* recorded, and the fixture fails the test, so a bug (or
-    a browser's background request through the proxy) cannot send a packet
-    elsewhere.
+    is refused *and* recorded, and ``_stays_on_loopback`` fails the test
+    that made the network, so a bug (or a browser's background request
+    through the proxy) cannot send a packet elsewhere unnoticed.
     """
 
     NAMES: ClassVar[dict[str, list[str]]] = {"localhost": ["127.0.0.1", "::1"]}
     PTR_NAMES: ClassVar[dict[str, str]] = {"127.0.0.1": "localhost"}
+    made: ClassVar[list["LoopbackOnlyNetwork"]] = []  # this test's, for the check
 
     def __init__(self) -> None:
         self.violations: list[str] = []
+        LoopbackOnlyNetwork.made.append(self)
 
     async def connect(
         self, host: str, port: int, *, local_address: str | None = None
@@ -82,6 +87,17 @@ class LoopbackOnlyNetwork(TcpNetwork):
         if not ipaddress.ip_address(address).is_loopback:
             self.violations.append(f"resolve_ptr {address}")
         raise OSError(-2, f"test network has no name for {address}")
+
+
+@pytest.fixture(autouse=True)
+def _stays_on_loopback() -> Iterator[None]:
+    """Fail any test whose test networks tried to leave loopback, however
+    it made them (``testnet``, ``start_testnet`` or directly)."""
+    LoopbackOnlyNetwork.made.clear()
+    yield
+    violations = [v for n in LoopbackOnlyNetwork.made for v in n.violations]
+    LoopbackOnlyNetwork.made.clear()
+    assert violations == [], "the test network tried to leave loopback"
 
 
 def seed(label: str) -> bytes:
@@ -118,6 +134,19 @@ async def _origin_handler(stream: trio.SocketStream) -> None:
             body = pattern(int(command[1]))
             for i in range(0, len(body), 1 << 20):
                 await stream.send_all(body[i : i + (1 << 20)])
+
+
+async def echo_once(
+    manager: CircuitManager, port: int, isolation: IsolationKey | None = None
+) -> ClientCircuitHandle:
+    """One ECHO stream to the origin on 127.0.0.1:``port``: check that the
+    origin answers, close and release the stream; the circuit it took."""
+    handle, stream = await manager.open_stream("127.0.0.1", port, isolation)
+    async with stream:
+        await stream.send_all(b"ECHO\n")
+        assert (await stream.receive_some(100)).startswith(b"peer ")
+    manager.release(handle, stream)
+    return handle
 
 
 @dataclass
@@ -199,8 +228,6 @@ async def start_testnet(
 
 
 @pytest.fixture
-async def testnet(nursery: trio.Nursery) -> AsyncIterator[LoopbackNet]:
+async def testnet(nursery: trio.Nursery) -> LoopbackNet:
     with trio.fail_after(60):
-        net = await start_testnet(nursery)
-    yield net
-    assert net.network.violations == [], "the test network tried to leave loopback"
+        return await start_testnet(nursery)

@@ -14,7 +14,7 @@ from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.errors import PathSelectionError
 from hopchain.path import CountryRules
 
-from .conftest import LoopbackNet
+from .conftest import LoopbackNet, echo_once
 
 pytestmark = pytest.mark.trio
 
@@ -38,7 +38,9 @@ async def test_api_streams_reach_the_origin_through_an_exit(
     testnet: LoopbackNet,
 ) -> None:
     with trio.fail_after(60):
-        async with connect([testnet.authority_address], test_network=True) as client:
+        async with connect(
+            [testnet.authority_address], test_network=True, network=testnet.network
+        ) as client:
             peer = await _echo(testnet, client, "alice")
             assert peer in testnet.exit_addresses
             await _echo(testnet, client, "bob")
@@ -76,7 +78,9 @@ async def test_documented_example_runs(testnet: LoopbackNet) -> None:
 async def test_api_exit_country_constraints(testnet: LoopbackNet) -> None:
     by_country = {r.config.country: r.config.address for r in testnet.relays}
     with trio.fail_after(60):
-        async with connect([testnet.authority_address], test_network=True) as client:
+        async with connect(
+            [testnet.authority_address], test_network=True, network=testnet.network
+        ) as client:
             for wanted, excluded, expected in (
                 (["nl"], [], "NL"),
                 ([], ["NL"], "DE"),
@@ -212,13 +216,7 @@ async def test_fallback_circuits_are_reused_not_rebuilt_per_stream(
             manager = client.manager
             assert manager is not None
             for _ in range(3):
-                handle, stream = await manager.open_stream(
-                    "127.0.0.1", testnet.origin_port
-                )
-                async with stream:
-                    await stream.send_all(b"ECHO\n")
-                    assert (await stream.receive_some(100)).startswith(b"peer ")
-                manager.release(handle, stream)
+                await echo_once(manager, testnet.origin_port)
         assert manager.built == 1  # the warm-up circuit served every stream
         nursery.cancel_scope.cancel()
 
@@ -228,7 +226,9 @@ async def test_bad_exits_are_never_used(testnet: LoopbackNet) -> None:
     testnet.authority.bad_exits = frozenset({by_country["DE"].identity.public})
     testnet.authority.listing_changed()  # the operator's change takes effect
     with trio.fail_after(60):
-        async with connect([testnet.authority_address], test_network=True) as client:
+        async with connect(
+            [testnet.authority_address], test_network=True, network=testnet.network
+        ) as client:
             for n in range(8):  # a coin flip each without BadExit
                 stream = await client.open_stream(
                     "127.0.0.1", testnet.origin_port, isolation=str(n)

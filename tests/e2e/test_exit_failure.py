@@ -10,7 +10,7 @@ from hopchain.relay.node import RelayNode
 
 from hopchain.isolation import IsolationKey
 
-from .conftest import LoopbackNet
+from .conftest import LoopbackNet, echo_once
 
 pytestmark = pytest.mark.trio
 
@@ -54,10 +54,7 @@ async def test_an_exit_dying_before_connected_is_retried_on_a_new_circuit(
 
     exit.exit.connect_to_destination = die_once  # type: ignore[method-assign,assignment]
     with caplog.at_level(logging.INFO), trio.fail_after(30):
-        handle, stream = await manager.open_stream("127.0.0.1", port, key)
-        async with stream:
-            assert (await _echo(stream)).startswith(b"peer ")
-        manager.release(handle, stream)
+        handle = await echo_once(manager, port, key)
     assert handle is not first
     assert not first.is_open
     assert "circuit closed before connected; retrying" in caplog.text
@@ -80,9 +77,6 @@ async def test_killing_the_exit_of_a_live_circuit_new_streams_use_a_new_one(
     with trio.fail_after(manager.build_times.timeout + 5):
         await stream.aclose()
         manager.release(handle, stream)
-        again, stream = await manager.open_stream("127.0.0.1", port, key)
-        async with stream:
-            assert (await _echo(stream)).startswith(b"peer ")
-        manager.release(again, stream)
+        again = await echo_once(manager, port, key)
     assert again is not handle
     assert not handle.is_open

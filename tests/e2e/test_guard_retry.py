@@ -8,7 +8,7 @@ from hopchain.relay.net import Network, wall_clock
 
 from hopchain.isolation import IsolationKey
 
-from .conftest import LoopbackNet
+from .conftest import LoopbackNet, echo_once
 
 pytestmark = pytest.mark.trio
 
@@ -44,13 +44,9 @@ async def test_an_unreachable_guard_waits_for_its_retry_and_the_next_is_used(
     blocked = _Unreachable(testnet.network, guard.config.address)
     manager.links.network = blocked
     with trio.fail_after(30):
-        handle, stream = await manager.open_stream(
-            "127.0.0.1", testnet.origin_port, IsolationKey("api", b"alice")
+        handle = await echo_once(
+            manager, testnet.origin_port, IsolationKey("api", b"alice")
         )
-        async with stream:
-            await stream.send_all(b"ECHO\n")
-            assert (await stream.receive_some(100)).startswith(b"peer ")
-        manager.release(handle, stream)
     assert blocked.refused == 1  # tried once, then skipped until its retry
     assert handle.path[0].identity != first.identity
     now = wall_clock()

@@ -3,7 +3,9 @@
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
+import random
 import socket
 
 import pytest
@@ -12,7 +14,6 @@ import trio
 import trio.testing
 from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay.dirclient import AuthorityAddress
-from hopchain.relay.net import TcpNetwork
 
 from hopchain.errors import DirectoryError
 from hopchain.flow import CIRCUIT_WINDOW
@@ -150,19 +151,25 @@ async def test_refused_port_maps_to_socks_connection_refused(
     assert "Connection refused" in str(info.value)
 
 
-async def test_garbage_to_a_relay_closes_only_that_link(testnet: LoopbackNet) -> None:
+async def test_garbage_to_a_relay_closes_only_that_link(
+    testnet: LoopbackNet, caplog: pytest.LogCaptureFixture
+) -> None:
     relay = testnet.relays[0]
-    with trio.fail_after(30):
+    with (
+        caplog.at_level(logging.WARNING, logger="hopchain.relay.link"),
+        trio.fail_after(30),
+    ):
         stream = await trio.open_tcp_stream(relay.config.address, relay.port)
         async with stream:
-            await stream.send_all(os.urandom(32))  # a "handshake" X
-            await stream.receive_some(64)
+            # A well-formed handshake (B | X), so that the records are read.
+            await stream.send_all(relay.onion_keys[0].public + os.urandom(32))
+            assert await stream.receive_some(64)  # the reply, not a close
             await stream.send_all(os.urandom(4096))  # records with bad tags
-            with trio.move_on_after(10):
+            with trio.move_on_after(10) as waiting:
                 while await stream.receive_some(4096):
                     pass
-                closed = True
-        assert closed
+        assert not waiting.cancelled_caught, "the relay kept the bad link open"
+        assert "record header does not authenticate" in caplog.text
         peer, _ = await trio.to_thread.run_sync(_echo_session, testnet, "127.0.0.1")
     assert peer in testnet.exit_addresses
 
@@ -173,8 +180,8 @@ async def test_client_refuses_a_consensus_from_an_unpinned_key(
     wrong = AuthorityAddress("127.0.0.1", testnet.authority.port, bytes(32))
     client = ClientNode(
         ClientConfig(authorities=[wrong], socks_port=0, test_network=True),
-        TcpNetwork(),
-        __import__("random").Random(2),
+        testnet.network,
+        random.Random(2),
     )
     with (
         trio.fail_after(30),

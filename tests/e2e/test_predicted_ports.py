@@ -5,7 +5,7 @@ import trio
 
 from hopchain.isolation import IsolationKey
 
-from .conftest import LoopbackNet
+from .conftest import LoopbackNet, echo_once
 
 pytestmark = pytest.mark.trio
 
@@ -17,13 +17,7 @@ async def test_a_port_just_used_gets_a_fresh_circuit_before_the_next_stream(
     assert manager is not None
     port = testnet.origin_port
     with trio.fail_after(30):
-        first, stream = await manager.open_stream(
-            "127.0.0.1", port, IsolationKey("api", b"alice")
-        )
-        async with stream:
-            await stream.send_all(b"ECHO\n")
-            assert (await stream.receive_some(100)).startswith(b"peer ")
-        manager.release(first, stream)
+        first = await echo_once(manager, port, IsolationKey("api", b"alice"))
 
         def ready() -> list[object]:
             now = trio.current_time()
@@ -42,12 +36,6 @@ async def test_a_port_just_used_gets_a_fresh_circuit_before_the_next_stream(
         assert port in manager.predicted.ports(trio.current_time())
         # The next stream (another user: it cannot share alice's circuit)
         # takes the circuit that was built ahead, before it asked.
-        second, stream = await manager.open_stream(
-            "127.0.0.1", port, IsolationKey("api", b"bob")
-        )
-        async with stream:
-            await stream.send_all(b"ECHO\n")
-            assert (await stream.receive_some(100)).startswith(b"peer ")
-        manager.release(second, stream)
+        second = await echo_once(manager, port, IsolationKey("api", b"bob"))
     assert second in prepared
     assert second.dirty_since is not None

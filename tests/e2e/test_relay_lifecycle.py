@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from hopchain.client.api import HopchainStream, connect
+from hopchain.client.api import HopchainClient, HopchainStream, connect
 from hopchain.relay.daemon import RelayDaemon, load_keys
 from hopchain.relay.keystore import OnionKeyFiles
 from hopchain.relay.link import LINK_SETUP_ERRORS, initiate
@@ -129,17 +129,27 @@ async def _echo_until(stream: HopchainStream, wanted: bytes) -> bytes:
     return data
 
 
+@asynccontextmanager
+async def _stream_via(
+    testnet: LoopbackNet, country: str
+) -> AsyncIterator[tuple[RelayNode, HopchainClient, HopchainStream]]:
+    """A client of ``testnet`` and a stream to the origin through the exit
+    in ``country``; the stream is the caller's to close."""
+    exit_node = next(r for r in testnet.relays if r.config.country == country)
+    async with connect(
+        [testnet.authority_address], test_network=True, network=testnet.network
+    ) as client:
+        stream = await client.open_stream(
+            "127.0.0.1", testnet.origin_port, exit_countries=[country]
+        )
+        yield exit_node, client, stream
+
+
 async def test_shutdown_ends_live_streams_in_order_and_stops(
     testnet: LoopbackNet,
 ) -> None:
-    exit_node = next(r for r in testnet.relays if r.config.country == "DE")
     with trio.fail_after(60):
-        async with connect(
-            [testnet.authority_address], test_network=True, network=testnet.network
-        ) as client:
-            stream = await client.open_stream(
-                "127.0.0.1", testnet.origin_port, exit_countries=["DE"]
-            )
+        async with _stream_via(testnet, "DE") as (exit_node, _, stream):
             async with stream:
                 await stream.send_all(b"ECHO\nbefore")
                 seen = await _echo_until(stream, b"before")
@@ -156,24 +166,20 @@ async def test_shutdown_ends_live_streams_in_order_and_stops(
 async def test_draining_relay_refuses_new_circuits_but_keeps_its_own(
     testnet: LoopbackNet,
 ) -> None:
-    exit_node = next(r for r in testnet.relays if r.config.country == "NL")
     with trio.fail_after(60):
-        async with connect(
-            [testnet.authority_address], test_network=True, network=testnet.network
-        ) as client:
-            stream = await client.open_stream(
-                "127.0.0.1", testnet.origin_port, exit_countries=["NL"]
-            )
-            async with stream:
-                await stream.send_all(b"ECHO\none")
-                await _echo_until(stream, b"one")
-                exit_node.shutdown(grace=3600.0)
-                await stream.send_all(b"two")  # the circuit lives on
-                await _echo_until(stream, b"two")
-                with pytest.raises((StreamError, PathSelectionError)):
-                    await client.open_stream(
-                        "127.0.0.1", testnet.origin_port, exit_countries=["NL"]
-                    )
+        async with (
+            _stream_via(testnet, "NL") as (exit_node, client, stream),
+            stream,
+        ):
+            await stream.send_all(b"ECHO\none")
+            await _echo_until(stream, b"one")
+            exit_node.shutdown(grace=3600.0)
+            await stream.send_all(b"two")  # the circuit lives on
+            await _echo_until(stream, b"two")
+            with pytest.raises((StreamError, PathSelectionError)):
+                await client.open_stream(
+                    "127.0.0.1", testnet.origin_port, exit_countries=["NL"]
+                )
 
 
 # --- the real command, signalled -------------------------------------------------
