@@ -113,7 +113,7 @@ async def test_kill_resets_streams_and_refuses_connects(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read)
-        await trio.sleep(1)
+        await trio.testing.wait_all_tasks_blocked()  # the reader is waiting
         world.kill(server.address)
     with pytest.raises(trio.BrokenResourceError):
         await accepted.send_all(b"x")
