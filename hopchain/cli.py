@@ -545,10 +545,9 @@ def _load_geoip(args: argparse.Namespace) -> "GeoIPDatabase | None":
 
 
 def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
-    from hopchain.crypto.keys import IdentityKey
     from hopchain.relay.authority import AuthorityNode
     from hopchain.relay.dirclient import AuthorityAddress
-    from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
+    from hopchain.relay.keystore import load_authority_identity
     from hopchain.relay.net import TcpNetwork
     from hopchain.voting import Schedule
 
@@ -560,10 +559,7 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     if not interval >= 1:
         raise ConfigError("--vote-interval must be at least 1 second")
     peers = [AuthorityAddress.parse(p) for p in args.peer]
-    ensure_private_dir(args.data_dir)
-    identity = IdentityKey(
-        load_or_create_secret(args.data_dir / "authority_identity.key")
-    )
+    identity = load_authority_identity(args.data_dir)
     node = AuthorityNode(
         identity,
         args.address,
