@@ -28,9 +28,8 @@ from typing import Final
 
 import trio
 from hopchain.relay.dirclient import AuthorityAddress
-from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
+from hopchain.relay.keystore import load_authority_identity
 
-from hopchain.crypto.keys import IdentityKey
 from hopchain.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -82,9 +81,7 @@ def _authority_addresses(root: Path, count: int) -> list[AuthorityAddress]:
     """Create each authority's key in its data directory; choose its port."""
     addresses = []
     for i in range(count):
-        data_dir = root / f"authority{i + 1}"
-        ensure_private_dir(data_dir)
-        key = IdentityKey(load_or_create_secret(data_dir / "authority_identity.key"))
+        key = load_authority_identity(root / f"authority{i + 1}")
         port = 0 if count == 1 else _released_port(AUTHORITY_HOST)
         addresses.append(AuthorityAddress(AUTHORITY_HOST, port, key.public))
     return addresses

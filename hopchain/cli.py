@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from hopchain.geoip import GeoIPDatabase
     from hopchain.path import CountryRules
 from hopchain.errors import ConfigError, HopchainError
-from hopchain.relayconfig import add_relay_options
+from hopchain.relayconfig import add_relay_options, identity_key
 from hopchain.relayconfig import port_number as _port
 from hopchain.voting import DEFAULT_INTERVAL as DEFAULT_VOTE_INTERVAL
 from hopchain.voting import TEST_NETWORK_INTERVAL as TEST_NETWORK_VOTE_INTERVAL
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     authority.add_argument(
         "--bad-exit",
         action="append",
+        type=identity_key,
         default=[],
         metavar="IDENTITY",
         help="mark the relay with this identity key (hex, 64 digits) BadExit: "
@@ -519,19 +520,6 @@ def _ready(line: str) -> None:
     print(line, flush=True)
 
 
-def _identities(texts: list[str]) -> frozenset[bytes]:
-    keys = set()
-    for text in texts:
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-        if len(key) != 32:
-            raise ConfigError(f"--bad-exit {text!r} is not a 64-hex-digit identity key")
-        keys.add(key)
-    return frozenset(keys)
-
-
 def _load_geoip(args: argparse.Namespace) -> "GeoIPDatabase | None":
     """The GeoIP files named by --geoip/--geoip6/--geoip-mmdb, parsed."""
     from hopchain.geoip import GeoIPDatabase
@@ -557,10 +545,9 @@ def _load_geoip(args: argparse.Namespace) -> "GeoIPDatabase | None":
 
 
 def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
-    from hopchain.crypto.keys import IdentityKey
     from hopchain.relay.authority import AuthorityNode
     from hopchain.relay.dirclient import AuthorityAddress
-    from hopchain.relay.keystore import ensure_private_dir, load_or_create_secret
+    from hopchain.relay.keystore import load_authority_identity
     from hopchain.relay.net import TcpNetwork
     from hopchain.voting import Schedule
 
@@ -572,10 +559,7 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     if not interval >= 1:
         raise ConfigError("--vote-interval must be at least 1 second")
     peers = [AuthorityAddress.parse(p) for p in args.peer]
-    ensure_private_dir(args.data_dir)
-    identity = IdentityKey(
-        load_or_create_secret(args.data_dir / "authority_identity.key")
-    )
+    identity = load_authority_identity(args.data_dir)
     node = AuthorityNode(
         identity,
         args.address,
@@ -583,7 +567,7 @@ def _authority(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
         TcpNetwork(),
         test_network=args.test_network,
         geoip=_load_geoip(args),
-        bad_exits=_identities(args.bad_exit),
+        bad_exits=frozenset(args.bad_exit),
         peers=peers,
         schedule=Schedule(interval),
     )
@@ -696,6 +680,7 @@ def _exits(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
     import random
 
     from hopchain.client.node import ClientConfig, ClientNode
+    from hopchain.exitpolicy import format_ports
     from hopchain.path import PathConstraints, exit_choice
     from hopchain.relay.dirclient import AuthorityAddress
     from hopchain.relay.net import TcpNetwork
@@ -722,12 +707,10 @@ def _exits(args: argparse.Namespace) -> Callable[[], Awaitable[None]]:
             f"{100 * choice.bandwidth_share:.0f}% of weighted exit bandwidth:"
         )
         for d in sorted(choice.matching, key=lambda d: -d.bandwidth):
-            ports = ",".join(
-                f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in d.exit_ports
-            )
             print(
                 f"  {d.nickname:<20} {d.address:<16} {d.country or '??':<3} "
-                f"{d.bandwidth / 1e6:7.1f} MB/s  ports {ports}  {d.identity.hex()}"
+                f"{d.bandwidth / 1e6:7.1f} MB/s  ports {format_ports(d.exit_ports)}  "
+                f"{d.identity.hex()}"
             )
         if choice.is_small:
             print(

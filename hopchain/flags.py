@@ -31,6 +31,11 @@ from hopchain.directory import Descriptor
 EXIT_PORTS = (80, 443, 6667)
 
 
+def earns_exit_flag(exit_ports: tuple[tuple[int, int], ...]) -> bool:
+    """Whether exit port ranges include at least two of ``EXIT_PORTS``."""
+    return sum(any(lo <= p <= hi for lo, hi in exit_ports) for p in EXIT_PORTS) >= 2
+
+
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     """What a relay must show for each flag."""
@@ -89,7 +94,7 @@ def assign_flags(
             and desc.bandwidth >= guard_bandwidth
         ):
             flags.add("Guard")
-        if desc.exit_ports and sum(desc.allows_exit_to(p) for p in EXIT_PORTS) >= 2:
+        if earns_exit_flag(desc.exit_ports):
             flags.add("Exit")
         if desc.exit_ports and desc.identity in bad_exits:
             flags.add("BadExit")

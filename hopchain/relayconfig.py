@@ -133,18 +133,32 @@ def identity_key(text: str) -> bytes:
     return key
 
 
-def authority_spec(text: str) -> str:
-    """``HOST:PORT=HEXKEY``, checked here and parsed by the relay shell."""
-    where, _, key_hex = text.rpartition("=")
-    host, _, port = where.rpartition(":")
+def split_authority(text: str) -> tuple[str, int, bytes]:
+    """``HOST:PORT=HEXKEY`` as host (IPv6 brackets removed), port and key.
+
+    Raises:
+        ValueError: the text does not have that form.
+    """
     try:
+        where, key_hex = text.rsplit("=", 1)
+        host, port = where.rsplit(":", 1)
         key, port_value = bytes.fromhex(key_hex), int(port)
     except ValueError:
-        key, port_value = b"", 0
+        raise ValueError(f"{text!r} is not HOST:PORT=HEXKEY (64 hex digits)") from None
+    host = host.strip("[]")
     if not host or len(key) != 32 or not 0 < port_value < 65536:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not HOST:PORT=HEXKEY (port 1..65535, 64 hex digits)"
+        raise ValueError(
+            f"{text!r}: key must be 64 hex digits, port 1..65535, and a host given"
         )
+    return host, port_value, key
+
+
+def authority_spec(text: str) -> str:
+    """``HOST:PORT=HEXKEY``, checked here and parsed by the relay shell."""
+    try:
+        split_authority(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 

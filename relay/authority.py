@@ -467,8 +467,13 @@ class AuthorityNode:
     ) -> None:
         """A peer's signature on its consensus for a period.
 
+        Only for a period this authority holds votes for: the request is not
+        authenticated until the signature is checked, and a period made on
+        demand would push the current one out of the ``KEEP_PERIODS`` kept.
+
         Raises:
-            DirectoryError: malformed, or from an authority not configured.
+            DirectoryError: malformed, from an authority not configured, or
+                for a period without votes here.
         """
         if not (
             isinstance(valid_after, float)
@@ -478,7 +483,9 @@ class AuthorityNode:
             raise DirectoryError("signature op needs valid_after, authority, signature")
         if authority not in self.authority_keys - {self.identity.public}:
             raise DirectoryError("signature from an authority that is not configured")
-        state = self._round(valid_after)
+        state = self._rounds.get(valid_after)
+        if state is None:
+            raise DirectoryError("signature for a period without votes here")
         if state.body is None:
             state.early[authority] = signature
             return

@@ -27,8 +27,15 @@ from hopchain.relay.node import RELOADABLE, KeyRotation, RelayConfig, RelayNode
 
 from hopchain.crypto.keys import IdentityKey, OnionKey, fingerprint
 from hopchain.errors import ConfigError
-from hopchain.exitpolicy import ExitPolicy, default_policy, format_ports, parse_policy
-from hopchain.flags import EXIT_PORTS
+from hopchain.exitpolicy import (
+    Action,
+    ExitPolicy,
+    Rule,
+    default_policy,
+    format_ports,
+    parse_policy,
+)
+from hopchain.flags import earns_exit_flag
 from hopchain.onionrotation import RotationPolicy
 from hopchain.relayconfig import CONFIG_FILE, check_required
 from hopchain.relaylimits import LIMIT_OPTIONS, limits_from_args
@@ -100,12 +107,12 @@ def exit_policy(args: argparse.Namespace) -> ExitPolicy | None:
             raise ConfigError(f"--exit-policy-file: cannot read it: {exc}") from exc
         policy = parse_policy(text, str(args.exit_policy_file))
     elif args.exit_ports is not None:
-        rules = [f"accept *:{low}-{high}" for low, high in args.exit_ports]
-        policy = parse_policy(", ".join([*rules, "reject *:*"]), "--exit-ports")
+        accepts = (Rule(Action.ACCEPT, None, lo, hi) for lo, hi in args.exit_ports)
+        policy = ExitPolicy((*accepts, Rule(Action.REJECT, None)))
     if args.exit:
         summary = (policy or default_policy(args.test_network)).summary()
         log_event(logger, logging.INFO, "exit_policy", ports=format_ports(summary))
-        if sum(any(lo <= p <= hi for lo, hi in summary) for p in EXIT_PORTS) < 2:
+        if not earns_exit_flag(summary):
             logger.warning(
                 "the exit policy accepts fewer than two of ports 80, 443 and "
                 "6667 in general: authorities give no Exit flag, and clients "

@@ -12,6 +12,7 @@ import trio
 from hopchain.relay.net import BufferedReader, Network, receive_message, send_message
 
 from hopchain.errors import ConfigError, DirectoryError
+from hopchain.relayconfig import split_authority
 
 REQUEST_TIMEOUT: Final = 30.0
 
@@ -32,19 +33,9 @@ class AuthorityAddress:
             ConfigError: the text does not have that form.
         """
         try:
-            where, key_hex = text.rsplit("=", 1)
-            host, port = where.rsplit(":", 1)
-            key = bytes.fromhex(key_hex)
-            port_number = int(port)
+            return cls(*split_authority(text))
         except ValueError as exc:
-            raise ConfigError(
-                f"authority {text!r} is not HOST:PORT=HEXKEY (64 hex digits)"
-            ) from exc
-        if len(key) != 32 or not 0 < port_number < 65536:
-            raise ConfigError(
-                f"authority {text!r}: key must be 64 hex digits, port 1..65535"
-            )
-        return cls(host.strip("[]"), port_number, key)
+            raise ConfigError(f"authority {exc}") from None
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}={self.key.hex()}"

@@ -4,8 +4,12 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Final
 
+from hopchain.crypto.keys import IdentityKey
 from hopchain.errors import ConfigError
+
+AUTHORITY_KEY: Final = "authority_identity.key"
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -51,6 +55,18 @@ def load_or_create_secret(path: Path) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(secret)
     return secret
+
+
+def load_authority_identity(data_dir: Path) -> IdentityKey:
+    """A directory authority's identity key in ``data_dir``, created where
+    missing (the demo creates it before the authority starts, to pin it).
+
+    Raises:
+        ConfigError: the directory or the key file is not private, or the
+            key file is malformed.
+    """
+    ensure_private_dir(data_dir)
+    return IdentityKey(load_or_create_secret(data_dir / AUTHORITY_KEY))
 
 
 def write_secret(path: Path, secret: bytes) -> None:

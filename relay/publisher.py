@@ -49,19 +49,7 @@ class Publisher:
     async def run(self) -> None:
         """Publish until cancelled."""
         while True:
-            ok = 0
-            descriptor = self.descriptor()  # the same one for every authority
-            for authority in self.authorities:
-                try:
-                    await dirclient.publish(self.network, authority, descriptor)
-                    ok += 1
-                except DirectoryError as exc:
-                    logger.warning(
-                        "publishing to %s:%d failed: %s",
-                        authority.host,
-                        authority.port,
-                        exc,
-                    )
+            ok = await self._publish_everywhere(self.descriptor())
             if not ok:
                 await trio.sleep(PUBLISH_RETRY)
                 continue
@@ -71,3 +59,27 @@ class Publisher:
             with trio.move_on_after(self.interval):
                 await self._republish.wait()
             self._republish = trio.Event()
+
+    async def _publish_everywhere(self, descriptor: bytes) -> int:
+        """Upload to every authority at once (one that is down does not hold
+        up the others); returns how many accepted."""
+        accepted = 0
+
+        async def publish(authority: AuthorityAddress) -> None:
+            nonlocal accepted
+            try:
+                await dirclient.publish(self.network, authority, descriptor)
+            except DirectoryError as exc:
+                logger.warning(
+                    "publishing to %s:%d failed: %s",
+                    authority.host,
+                    authority.port,
+                    exc,
+                )
+                return
+            accepted += 1
+
+        async with trio.open_nursery() as nursery:
+            for authority in self.authorities:
+                nursery.start_soon(publish, authority)
+        return accepted

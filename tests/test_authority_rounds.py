@@ -19,6 +19,7 @@ from hopchain.relay.dirclient import AuthorityAddress
 
 from hopchain.crypto.keys import IdentityKey
 from hopchain.directory import verify_consensus
+from hopchain.errors import DirectoryError
 from hopchain.voting import Schedule
 
 pytestmark = pytest.mark.trio
@@ -126,3 +127,27 @@ async def test_timed_rounds_make_consensus_every_period(
     assert consensus.signers == set(pinned[:2])
     for scope in scopes:
         scope.cancel()
+
+
+async def test_signatures_for_periods_without_votes_are_refused(
+    nursery: trio.Nursery,
+) -> None:
+    own, peer = (
+        IdentityKey(hashlib.blake2b(f"flood {i}".encode(), digest_size=32).digest())
+        for i in range(2)
+    )
+    node = AuthorityNode(
+        own,
+        "127.0.0.1",
+        0,
+        MemoryDirectoryNetwork(nursery),  # the peer is down: nothing listens
+        peers=[AuthorityAddress("127.0.0.1", 7001, peer.public)],
+        schedule=SCHEDULE,
+        timed_rounds=False,
+    )
+    await node.vote(EPOCH)
+    # Unauthenticated requests naming far periods must not push EPOCH out.
+    for k in range(1, authority_module.KEEP_PERIODS + 1):
+        with pytest.raises(DirectoryError, match="period without votes"):
+            node.receive_signature(EPOCH + k * 1e6, peer.public, bytes(64))
+    node.receive_signature(EPOCH, peer.public, bytes(64))  # checked once combined

@@ -17,6 +17,7 @@ from hopchain.relayconfig import (
     parse_config,
     record_given,
     render_config,
+    split_authority,
     subparser,
 )
 
@@ -224,3 +225,11 @@ def test_one_exit_policy_option_in_the_file_and_the_command_line_wins() -> None:
     assert (args.exit_policy, args.exit_ports) == (None, ((443, 443),))
     args = load('exit_policy = "reject *:*"')
     assert (args.exit_policy, args.exit_ports) == ("reject *:*", None)
+
+
+def test_authority_specs_split_and_an_empty_host_is_refused() -> None:
+    assert split_authority(f"[::1]:7000={KEY}") == ("::1", 7000, bytes.fromhex(KEY))
+    with pytest.raises(ValueError, match="a host given"):
+        split_authority(f"[]:7000={KEY}")
+    with pytest.raises(ValueError, match="is not HOST:PORT=HEXKEY"):
+        split_authority(KEY)

@@ -22,10 +22,12 @@ import trio.testing
 from hopchain.client.node import ClientConfig, ClientNode
 from hopchain.relay import dirclient
 from hopchain.relay.authority import AuthorityNode
+from hopchain.relay.daemon import exit_policy
 from hopchain.relay.dirclient import AuthorityAddress
 from hopchain.relay.net import Network, TcpNetwork, wall_clock
 from hopchain.relay.node import RelayConfig, RelayNode
 
+from hopchain.cli import build_parser
 from hopchain.crypto.keys import IdentityKey, OnionKey
 from hopchain.directory import verify_descriptor
 from hopchain.errors import StreamError
@@ -516,3 +518,10 @@ async def test_exit_ports_is_a_policy_shorthand(tmp_path: Path) -> None:
     status, stderr = await _relay_cli(tmp_path, "--exit-ports", "80,44x")
     assert status == 2
     assert "argument --exit-ports: bad port range '44x'" in stderr
+
+
+async def test_exit_ports_accept_those_ports_and_reject_the_rest() -> None:
+    args = build_parser().parse_args(["relay", "--exit-ports", "80,443-444"])
+    assert exit_policy(args) == parse_policy(
+        "accept *:80, accept *:443-444, reject *:*"
+    )
