@@ -54,6 +54,8 @@ def load_or_create_secret(path: Path) -> bytes:
     secret = secrets.token_bytes(32)
     with os.fdopen(fd, "wb") as f:
         f.write(secret)
+        f.flush()
+        os.fsync(f.fileno())  # a crash must not leave an empty key file
     return secret
 
 
