@@ -257,7 +257,10 @@ def verify_descriptor(raw: bytes, now: float) -> SignedDescriptor:
     if not ed25519_verify(identity, _DESCRIPTOR_PREFIX + body_raw, signature):
         raise DirectoryError("descriptor signature does not verify")
     nickname = _field(body, "nickname", str)
-    _require(0 < len(nickname) <= 32 and nickname.isalnum(), "bad nickname")
+    _require(
+        0 < len(nickname) <= 32 and nickname.isascii() and nickname.isalnum(),
+        "bad nickname",
+    )
     address = _field(body, "address", str)
     try:
         ipaddress.ip_address(address)
