@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time ``hopchain sim paths`` at the acceptance size, and path selection.
+"""Time ``hopchain sim paths`` at the acceptance size.
 
     bench/sim_paths.py                       # 7,000 relays, 1,000 users, 30 days
     bench/sim_paths.py --users 200 --days 5  # quick
@@ -7,21 +7,17 @@
 Runs the study as a child process (``python -m hopchain sim paths``, default
 seeds and workers) and prints its wall time and the CPU time of the child
 and its workers. CPU time is the figure to compare on a shared machine:
-wall time is at least CPU time divided by the cores the run had. Then it
-times ``select_path`` alone on one synthetic consensus.
+wall time is at least CPU time divided by the cores the run had.
+``bench/path_select.py`` times ``select_path`` alone, on the first
+consensus of the same synthetic network.
 """
 
 import argparse
-import random
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-
-from hopchain.simulations.paths.synthetic import SyntheticSchedule, generate_relays
-
-from hopchain.path import PathConstraints, select_path
 
 
 def main() -> None:
@@ -29,7 +25,6 @@ def main() -> None:
     parser.add_argument("--relays", type=int, default=7000)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--days", type=float, default=30.0)
-    parser.add_argument("--paths", type=int, default=20000)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         command = [
@@ -46,16 +41,6 @@ def main() -> None:
         f"sim paths: {args.relays} relays, {args.users} users, {args.days:g} days, "
         f"5 seeds: wall {wall:.0f} s, CPU {cpu:.0f} s"
     )
-    consensus = SyntheticSchedule(generate_relays(args.relays, 1), 3600.0, 1).consensus(
-        0
-    )
-    rng = random.Random(1)
-    select_path(consensus, PathConstraints(port=443), rng)  # build the index
-    started = time.perf_counter()
-    for _ in range(args.paths):
-        select_path(consensus, PathConstraints(port=443), rng)
-    per_path = (time.perf_counter() - started) / args.paths
-    print(f"select_path on {args.relays} relays: {per_path * 1e6:.0f} us per path")
 
 
 if __name__ == "__main__":

@@ -414,6 +414,17 @@ def test_cli_prints_where_the_files_went(
         (["--network", "tor", "--consensus", "/nonexistent/x"], "cannot read"),
         (["--guards", "7"], "guards must be"),
         (["--sweep", "speed=1"], "unknown parameter"),
+        (["--adversary-countries", ","], "two-letter country codes"),
+        (["--adversary-countries", "de,usa"], "two-letter code"),
+        # A small study, so that accepting the codes would fail fast.
+        (
+            [
+                *("--relays", "30", "--users", "1", "--days", "0.1"),
+                *("--seeds", "1", "--workers", "1"),
+                *("--adversary-countries", "de,\u00e4\u00f6"),
+            ],
+            "two-letter code",
+        ),
     ],
 )
 def test_cli_mistakes_are_one_line(

@@ -286,6 +286,7 @@ def run(args: argparse.Namespace) -> None:
             unusable output directory.
     """
     from hopchain.simulations.network import report, world
+    from hopchain.simulations.plotting import load_pyplot
 
     from hopchain.errors import ConfigError
 
@@ -303,7 +304,7 @@ def run(args: argparse.Namespace) -> None:
         if value > most:
             raise ConfigError(f"--{name} may be at most {most}")
     if not args.no_plots:
-        report.check_plotting()
+        load_pyplot()
     if args.log_level != "debug":  # the nodes' own info lines would drown progress
         for name in _NODE_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)

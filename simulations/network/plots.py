@@ -9,8 +9,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from hopchain.simulations.network.params import SIZES, SimResult
+from hopchain.simulations.plotting import save_figure
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 __all__ = ["plot_all"]
@@ -39,13 +39,6 @@ def _cdf(ax: Axes, values: list[float], label: str) -> None:
     )
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return path
-
-
 def _ttfb(result: SimResult, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for size in SIZES:
@@ -60,7 +53,7 @@ def _ttfb(result: SimResult, out: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(title="download size")
-    return _save(fig, out / "ttfb.png")
+    return save_figure(fig, out / "ttfb.png", _DPI)
 
 
 def _downloads(result: SimResult, out: Path) -> Path:
@@ -82,7 +75,7 @@ def _downloads(result: SimResult, out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     fig.suptitle(f"Download times: {_subtitle(result)}", fontsize=10)
-    return _save(fig, out / "download_times.png")
+    return save_figure(fig, out / "download_times.png", _DPI)
 
 
 def _builds(result: SimResult, out: Path) -> Path:
@@ -94,7 +87,7 @@ def _builds(result: SimResult, out: Path) -> Path:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, out / "build_times.png")
+    return save_figure(fig, out / "build_times.png", _DPI)
 
 
 def _events_by_time(result: SimResult) -> list[tuple[float, str]]:
@@ -144,7 +137,7 @@ def _failures(result: SimResult, out: Path) -> Path:
     ax.set_xlabel("simulated time since clients started (min)")
     ax.set_ylabel("downloads ended in the minute")
     ax.legend(loc="upper left")
-    return _save(fig, out / "failures.png")
+    return save_figure(fig, out / "failures.png", _DPI)
 
 
 def _relay_load(result: SimResult, out: Path) -> Path:
@@ -166,7 +159,7 @@ def _relay_load(result: SimResult, out: Path) -> Path:
     ax.set_xlabel("relay")
     ax.set_ylabel("sent (MiB)")
     ax.tick_params(axis="x", labelrotation=90, labelsize=8)
-    return _save(fig, out / "relay_load.png")
+    return save_figure(fig, out / "relay_load.png", _DPI)
 
 
 def plot_all(result: SimResult, out: Path) -> list[Path]:

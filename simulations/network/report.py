@@ -25,24 +25,10 @@ from hopchain.simulations.network.params import SIZES, SimResult, Transfer
 
 from hopchain.errors import ConfigError
 
-__all__ = ["PERCENTILES", "check_plotting", "summary", "write"]
+__all__ = ["PERCENTILES", "summary", "write"]
 
 PERCENTILES: Final = (10, 25, 50, 75, 90, 99)
 _SIZE_LABELS: Final = {SIZES[0]: "50 KiB", SIZES[1]: "1 MiB", SIZES[2]: "5 MiB"}
-
-
-def check_plotting() -> None:
-    """Fail early, before a run, when matplotlib is missing.
-
-    Raises:
-        ConfigError: matplotlib is not installed.
-    """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(
-            "plots need matplotlib: pip install 'hopchain[sim]' (or pass --no-plots)"
-        ) from exc
 
 
 def _distribution(values: list[float]) -> dict[str, float | int | None]:

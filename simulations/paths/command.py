@@ -21,6 +21,7 @@ from hopchain.simulations.paths.users import MODELS
 
 from hopchain.errors import ConfigError
 from hopchain.guards import MAX_GUARDS
+from hopchain.relayconfig import country_code
 from hopchain.reuse import DIRTINESS
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ def _fraction(text: str) -> float:
 
 
 def _countries(text: str) -> frozenset[str]:
-    codes = frozenset(c.strip().upper() for c in text.split(",") if c.strip())
-    if not codes or any(len(c) != 2 or not c.isalpha() for c in codes):
+    codes = frozenset(country_code(c.strip()) for c in text.split(",") if c.strip())
+    if not codes:
         raise argparse.ArgumentTypeError("two-letter country codes, comma-separated")
     return codes
 

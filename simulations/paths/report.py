@@ -15,8 +15,7 @@ from typing import Any, Final
 
 from hopchain.simulations.paths.results import SCALARS, SeedResult, Summary, hours_grid
 from hopchain.simulations.paths.stats import Estimate
-
-from hopchain.errors import ConfigError
+from hopchain.simulations.plotting import load_pyplot, save_figure
 
 FILES: Final = {
     "per_seed": "per_seed.csv",
@@ -32,6 +31,7 @@ FILES: Final = {
     "plot_sweep": "sweep.png",
 }
 TOP_COUNTRIES: Final = 12
+_DPI: Final = 100
 
 
 def _number(value: float) -> str:
@@ -143,24 +143,6 @@ def write_json(path: Path, document: dict[str, Any]) -> None:
     path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
-def load_pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend.
-
-    Raises:
-        ConfigError: matplotlib is not installed.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ConfigError(
-            "plots need matplotlib: pip install 'hopchain[sim]' (or use --no-plots)"
-        ) from exc
-    return plt
-
-
 def _band(
     ax: Any,
     x: Sequence[float],
@@ -201,7 +183,7 @@ def plot_study(summary: Summary, title: str, out: Path) -> list[Path]:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    paths.append(_save(fig, out / FILES["plot_over_time"], plt))
+    paths.append(save_figure(fig, out / FILES["plot_over_time"], _DPI))
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     days = [d for s in summary.seeds for d in s.first_compromise_days]
@@ -230,7 +212,7 @@ def plot_study(summary: Summary, title: str, out: Path) -> list[Path]:
     ax.set_ylabel("users per day (% of all users)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
-    paths.append(_save(fig, out / FILES["plot_first_compromise"], plt))
+    paths.append(save_figure(fig, out / FILES["plot_first_compromise"], _DPI))
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     top = sorted(summary.exit_countries.items(), key=lambda i: (-i[1].median, i[0]))[
@@ -256,7 +238,7 @@ def plot_study(summary: Summary, title: str, out: Path) -> list[Path]:
     ax.set_ylabel("streams exiting there (%)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper right")
-    paths.append(_save(fig, out / FILES["plot_exit_countries"], plt))
+    paths.append(save_figure(fig, out / FILES["plot_exit_countries"], _DPI))
     return paths
 
 
@@ -277,11 +259,4 @@ def plot_sweep(
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize="small")
-    return _save(fig, out / FILES["plot_sweep"], plt)
-
-
-def _save(fig: Any, path: Path, plt: Any) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / FILES["plot_sweep"], _DPI)

@@ -13,7 +13,6 @@ from hopchain.simulations.paths.parallel import Executor, execute, plan
 from hopchain.simulations.paths.report import (
     FILES,
     SEED_COLUMNS,
-    load_pyplot,
     plot_study,
     plot_sweep,
     seed_row,
@@ -22,6 +21,7 @@ from hopchain.simulations.paths.report import (
     write_tables,
 )
 from hopchain.simulations.paths.results import Summary, merge
+from hopchain.simulations.plotting import load_pyplot
 
 from hopchain._version import __version__
 from hopchain.errors import ConfigError
